@@ -1,0 +1,43 @@
+"""appdb: a fast, safe SQLite layer on APSW with cached, compiled prepared statements.
+
+SQLite's own errors surface as APSW's exception classes (``apsw.Error`` and
+subclasses); appdb's own errors subclass :class:`appdb.Error`.
+"""
+
+from __future__ import annotations
+
+from ._select import IMPLEMENTATION
+from ._types import CacheStats, CheckpointResult, RunResult
+from .database import AppDatabase, Transaction, init_database
+from .errors import (
+    DatabaseClosedError,
+    DatabaseOpenError,
+    DestructiveMigrationError,
+    Error,
+    InvalidPragmaError,
+    MigrationError,
+    TransactionError,
+)
+from .pragmas import DEFAULT_PRAGMAS, JOURNAL_SIZE_LIMIT
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_PRAGMAS",
+    "IMPLEMENTATION",
+    "JOURNAL_SIZE_LIMIT",
+    "AppDatabase",
+    "CacheStats",
+    "CheckpointResult",
+    "DatabaseClosedError",
+    "DatabaseOpenError",
+    "DestructiveMigrationError",
+    "Error",
+    "InvalidPragmaError",
+    "MigrationError",
+    "RunResult",
+    "Transaction",
+    "TransactionError",
+    "__version__",
+    "init_database",
+]

@@ -1,0 +1,665 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, embedsignature=True, freethreading_compatible=False
+"""Compiled hot path of appdb: the statement cache, statements and row conversion.
+
+Mirror of ``appdb._fastcache_py`` (the pure-Python twin and test oracle): every
+public behaviour, exception type and message must match it.
+"""
+
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM, PyList_SET_ITEM
+from cpython.object cimport PyObject
+from cpython.pythread cimport (
+    PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+    PyThread_acquire_lock, PyThread_release_lock, PyThread_get_thread_ident,
+    WAIT_LOCK, NOWAIT_LOCK,
+)
+
+cdef extern from *:
+    """
+    /* Next row of an iterator; None at the end (rows are tuples, never None). */
+    static PyObject* appdb_next_row(PyObject* it) {
+        PyObject* row = PyIter_Next(it);
+        if (row == NULL && !PyErr_Occurred()) { Py_RETURN_NONE; }
+        return row;
+    }
+    """
+    object appdb_next_row(object it)
+
+cdef extern from *:
+    """
+    /* A dict with room for n keys without resizing. */
+    #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX < 0x030D0000
+      #define appdb_new_dict(n) _PyDict_NewPresized(n)
+    #else
+      #define appdb_new_dict(n) PyDict_New()
+    #endif
+    """
+    dict appdb_new_dict(Py_ssize_t n)
+from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
+
+from collections.abc import Mapping
+
+import apsw
+
+from ._sqlinfo import binding_error, describe, extra_names_error
+from ._types import CacheStats, RunResult
+from .errors import DatabaseClosedError
+
+__all__ = ["ConnectionLock", "DatabaseCore", "RowIterator", "Statement"]
+
+cdef object _BindingsError = apsw.BindingsError
+cdef object _Mapping = Mapping
+cdef object _RunResult = RunResult
+cdef object _tuple_new = tuple.__new__
+cdef tuple _ROW_TYPES = ("dict", "tuple")
+
+
+cdef inline bint _is_scalar(object value):
+    cdef type t = type(value)
+    return t is int or t is str or t is float or t is bytes or value is None
+
+
+cdef object _closed_error(str path):
+    return DatabaseClosedError(f"the database is closed: {path}")
+
+
+def check_row_type(row_type):
+    if row_type not in _ROW_TYPES:
+        raise ValueError(f"row_type must be 'dict' or 'tuple', not {row_type!r}")
+    return row_type
+
+
+cdef class ConnectionLock:
+    """Re-entrant lock that serialises threads on one connection.
+
+    The uncontended path only touches two fields under the GIL (no system call);
+    a contended acquire blocks on an OS lock with the GIL released. The module
+    is not marked free-threading compatible, so the GIL is always there.
+    """
+
+    cdef PyThread_type_lock _gate
+    cdef unsigned long _owner
+    cdef Py_ssize_t _count
+    cdef Py_ssize_t _waiters
+    cdef bint _gate_open
+
+    def __cinit__(self):
+        self._gate = PyThread_allocate_lock()
+        if self._gate == NULL:
+            raise MemoryError("cannot allocate a lock")
+        PyThread_acquire_lock(self._gate, WAIT_LOCK)  # closed until a release hands over
+        self._gate_open = False
+        self._owner = 0
+        self._count = 0
+        self._waiters = 0
+
+    def __dealloc__(self):
+        if self._gate != NULL:
+            if not self._gate_open:
+                PyThread_release_lock(self._gate)
+            PyThread_free_lock(self._gate)
+
+    cdef inline void _acquire(self) noexcept:
+        cdef unsigned long me = PyThread_get_thread_ident()
+        if self._count == 0:
+            self._owner = me
+            self._count = 1
+        elif self._owner == me:
+            self._count += 1
+        else:
+            self._acquire_contended(me)
+
+    cdef void _acquire_contended(self, unsigned long me) noexcept:
+        self._waiters += 1
+        while self._count != 0:
+            with nogil:
+                PyThread_acquire_lock(self._gate, WAIT_LOCK)
+            self._gate_open = False
+        self._waiters -= 1
+        self._owner = me
+        self._count = 1
+
+    cdef inline int _release(self) except -1:
+        if self._count == 0 or self._owner != PyThread_get_thread_ident():
+            raise RuntimeError("cannot release un-acquired lock")
+        self._count -= 1
+        if self._count == 0:
+            self._owner = 0
+            if self._waiters and not self._gate_open:
+                self._gate_open = True
+                PyThread_release_lock(self._gate)
+        return 0
+
+    def acquire(self):
+        self._acquire()
+
+    def release(self):
+        self._release()
+
+    def __enter__(self):
+        self._acquire()
+
+    def __exit__(self, et, ev, tb):
+        self._release()
+
+
+cdef class DatabaseCore:
+    """Connection state shared by the facade and its statements, plus the LRU cache."""
+
+    cdef readonly object connection
+    cdef readonly str path
+    cdef readonly ConnectionLock lock
+    cdef readonly str row_type
+    cdef readonly str begin_sql
+    cdef readonly bint closed
+    cdef Py_ssize_t _capacity
+    cdef dict _cache
+    cdef long long _clock
+    cdef long long _hits
+    cdef long long _misses
+    cdef long long _evictions
+
+    def __init__(self, connection, str path, Py_ssize_t capacity, row_type, str begin_sql):
+        if capacity < 0:
+            raise ValueError(f"statement_cache_size must be >= 0, not {capacity}")
+        self.connection = connection
+        self.path = path
+        self.lock = ConnectionLock()
+        self.row_type = check_row_type(row_type)
+        self.begin_sql = begin_sql
+        self.closed = False
+        self._capacity = capacity
+        self._cache = {}
+        self._clock = 0
+        self._hits = 0
+        self._misses = 0
+        self._evictions = 0
+
+    def prepare(self, str sql, *, row_type=None):
+        """Return the cached ``Statement`` for ``sql`` (and row type), compiling it on a miss."""
+        cdef PyObject* found
+        cdef Statement statement
+        if self.closed:
+            raise _closed_error(self.path)
+        if row_type is None or row_type == self.row_type:
+            key = sql
+        else:
+            key = (sql, row_type)
+        found = PyDict_GetItem(self._cache, key)
+        if found != NULL:
+            statement = <Statement>found
+            self._clock += 1
+            statement._last_used = self._clock
+            self._hits += 1
+            return statement
+        return self._prepare_miss(key, sql, row_type)
+
+    cdef Statement _prepare_miss(self, object key, str sql, object row_type):
+        cdef bint as_dict = check_row_type(self.row_type if row_type is None else row_type) == "dict"
+        cdef Statement statement
+        self.lock._acquire()
+        try:
+            if self.closed:
+                raise _closed_error(self.path)
+            statement = Statement(self, sql, as_dict)
+        finally:
+            self.lock._release()
+        self._misses += 1
+        if self._capacity == 0:
+            return statement
+        if len(self._cache) >= self._capacity:
+            self._evict()
+        self._clock += 1
+        statement._last_used = self._clock
+        self._cache[key] = statement
+        return statement
+
+    cdef void _evict(self):
+        cdef object oldest_key = None
+        cdef long long oldest = -1
+        cdef Statement statement
+        for key, value in self._cache.items():
+            statement = <Statement>value
+            if oldest < 0 or statement._last_used < oldest:
+                oldest = statement._last_used
+                oldest_key = key
+        del self._cache[oldest_key]
+        self._evictions += 1
+
+    def statement_cache_stats(self):
+        """Hits, misses, evictions, current size and capacity of the statement cache."""
+        return CacheStats(self._hits, self._misses, self._evictions, len(self._cache), self._capacity)
+
+    def clear_statement_cache(self):
+        """Forget every cached statement (statements already handed out keep working)."""
+        self._cache.clear()
+
+    def mark_closed(self):
+        """Mark the core closed and drop the cache; the caller closes the connection."""
+        cdef Statement statement
+        self.closed = True
+        for value in self._cache.values():
+            statement = <Statement>value
+            statement._drop_cursor()
+        self._cache.clear()
+
+
+cdef class Statement:
+    """A prepared SQL statement bound to one database.
+
+    Rows are dicts keyed by column name, or tuples (``row_type="tuple"``).
+    """
+
+    cdef DatabaseCore _core
+    cdef object _conn
+    cdef str _sql
+    cdef tuple _columns
+    cdef tuple _names
+    cdef frozenset _named
+    cdef Py_ssize_t _n_named
+    cdef bint _readonly
+    cdef bint _returns_rows
+    cdef bint _as_dict
+    cdef object _cursor
+    cdef object _execute
+    cdef bint _busy
+    cdef long long _last_used
+
+    def __init__(self, DatabaseCore core, str sql, bint as_dict):
+        info = describe(core.connection, sql)
+        self._core = core
+        self._conn = core.connection
+        self._sql = sql
+        self._columns = info.columns
+        self._names = info.parameter_names
+        self._named = frozenset(n for n in info.parameter_names if n is not None and not n.isdigit())
+        self._n_named = len(self._named)
+        self._readonly = info.readonly
+        self._returns_rows = bool(info.columns)
+        self._as_dict = as_dict
+        self._cursor = None
+        self._execute = None
+        self._busy = False
+        self._last_used = 0
+
+    # -- properties --------------------------------------------------------
+    @property
+    def sql(self):
+        """The SQL text of the statement."""
+        return self._sql
+
+    @property
+    def columns(self):
+        """Result column names (empty for statements that return no rows)."""
+        return self._columns
+
+    @property
+    def readonly(self):
+        """True when the statement does not write to the database."""
+        return self._readonly
+
+    @property
+    def row_type(self):
+        """``"dict"`` or ``"tuple"``."""
+        return "dict" if self._as_dict else "tuple"
+
+    def __repr__(self):
+        return f"<appdb.Statement {self._sql!r}>"
+
+    # -- helpers -----------------------------------------------------------
+    cdef inline object _bindings(self, tuple params, dict named):
+        cdef object bindings
+        cdef object first
+        cdef type t
+        if named:
+            if PyTuple_GET_SIZE(params):
+                raise _BindingsError(
+                    f"pass either positional or named values, not both, to statement {self._sql!r}"
+                )
+            bindings = named
+            if len(named) > self._n_named:
+                raise extra_names_error(self._sql, self._names, named)
+            return bindings
+        if PyTuple_GET_SIZE(params) == 1:
+            first = <object>PyTuple_GET_ITEM(params, 0)
+            if _is_scalar(first):
+                return params
+            t = type(first)
+            if t is tuple or t is list:
+                return first
+            if t is dict or isinstance(first, _Mapping):
+                if len(first) > self._n_named:
+                    raise extra_names_error(self._sql, self._names, first)
+                return first
+        return params
+
+    cdef inline object _take_cursor(self):
+        if self._core.closed:
+            raise _closed_error(self._core.path)
+        cursor = self._cursor
+        if cursor is None or self._busy:
+            cursor = self._conn.cursor()
+            if not self._busy:
+                self._cursor = cursor
+                self._execute = cursor.execute
+        return cursor
+
+    cdef inline object _start(self, object cursor, object bindings):
+        """Execute on ``cursor``, through the cached bound method when it is ours."""
+        if cursor is self._cursor:
+            return self._execute(self._sql, bindings)
+        return cursor.execute(self._sql, bindings)
+
+    cdef inline void _forget_cursor(self):
+        self._cursor = None
+        self._execute = None
+
+    cdef void _drop_cursor(self):
+        cursor = self._cursor
+        self._forget_cursor()
+        if cursor is not None:
+            cursor.close(True)
+
+    cdef object _failed(self, BaseException exc, object cursor):
+        """Discard ``cursor`` after an error; return the translated error if any."""
+        if cursor is self._cursor:
+            self._forget_cursor()
+        cursor.close(True)
+        return binding_error(exc, self._sql, self._names)
+
+    cdef inline object _row(self, object row):
+        cdef tuple columns
+        cdef tuple values
+        cdef dict d
+        cdef Py_ssize_t i, n
+        if not self._as_dict:
+            return row
+        values = <tuple>row
+        columns = self._columns
+        n = PyTuple_GET_SIZE(values)
+        if n != PyTuple_GET_SIZE(columns):
+            columns = self._refresh_columns()
+        d = appdb_new_dict(n)
+        for i in range(n):
+            PyDict_SetItem(d, <object>PyTuple_GET_ITEM(columns, i), <object>PyTuple_GET_ITEM(values, i))
+        return d
+
+    cdef tuple _refresh_columns(self):
+        self._columns = describe(self._conn, self._sql).columns
+        return self._columns
+
+    # -- execution ---------------------------------------------------------
+    def get(self, *params, **named):
+        """Run the query and return its first row, or None when there is none."""
+        bindings = self._bindings(params, named)
+        cdef ConnectionLock lock = self._core.lock
+        lock._acquire()
+        try:
+            cursor = self._take_cursor()
+            self._busy = True
+            try:
+                self._start(cursor, bindings)
+                row = appdb_next_row(cursor)
+                if row is not None and appdb_next_row(cursor) is not None:
+                    # more rows remain: closing resets the statement
+                    self._forget_cursor()
+                    cursor.close(True)
+            except BaseException as exc:
+                error = self._failed(exc, cursor)
+                if error is None:
+                    raise
+                raise error from None
+            finally:
+                self._busy = False
+        finally:
+            lock._release()
+        if row is None:
+            return None
+        return self._row(row)
+
+    def scalar(self, *params, **named):
+        """Return the first column of the first row, or None when there is no row."""
+        bindings = self._bindings(params, named)
+        cdef ConnectionLock lock = self._core.lock
+        lock._acquire()
+        try:
+            cursor = self._take_cursor()
+            self._busy = True
+            try:
+                self._start(cursor, bindings)
+                row = appdb_next_row(cursor)
+                if row is not None and appdb_next_row(cursor) is not None:
+                    self._forget_cursor()
+                    cursor.close(True)
+            except BaseException as exc:
+                error = self._failed(exc, cursor)
+                if error is None:
+                    raise
+                raise error from None
+            finally:
+                self._busy = False
+        finally:
+            lock._release()
+        if row is None or len(row) == 0:
+            return None
+        return row[0]
+
+    def all(self, *params, **named):
+        """Run the query and return every row as a list."""
+        bindings = self._bindings(params, named)
+        cdef ConnectionLock lock = self._core.lock
+        cdef list rows
+        cdef Py_ssize_t i, n
+        lock._acquire()
+        try:
+            cursor = self._take_cursor()
+            self._busy = True
+            try:
+                rows = self._start(cursor, bindings).fetchall()
+            except BaseException as exc:
+                error = self._failed(exc, cursor)
+                if error is None:
+                    raise
+                raise error from None
+            finally:
+                self._busy = False
+        finally:
+            lock._release()
+        n = PyList_GET_SIZE(rows)
+        if self._as_dict and n:
+            for i in range(n):
+                rows[i] = self._row(<object>PyList_GET_ITEM(rows, i))
+        return rows
+
+    def iterate(self, *params, **named):
+        """Run the query and return an iterator over its rows.
+
+        The statement is reset as soon as the loop ends or breaks, or the
+        iterator is closed or garbage collected.
+        """
+        bindings = self._bindings(params, named)
+        cdef ConnectionLock lock = self._core.lock
+        lock._acquire()
+        try:
+            if self._core.closed:
+                raise _closed_error(self._core.path)
+            cursor = self._conn.cursor()
+            try:
+                self._start(cursor, bindings)
+            except BaseException as exc:
+                cursor.close(True)
+                error = binding_error(exc, self._sql, self._names)
+                if error is None:
+                    raise
+                raise error from None
+        finally:
+            lock._release()
+        return RowIterator(self, cursor)
+
+    def run(self, *params, **named):
+        """Execute a write and return ``RunResult(changes, last_insert_rowid)``."""
+        bindings = self._bindings(params, named)
+        cdef ConnectionLock lock = self._core.lock
+        lock._acquire()
+        try:
+            cursor = self._take_cursor()
+            self._busy = True
+            try:
+                self._start(cursor, bindings)
+                if self._returns_rows:
+                    for _ in cursor:
+                        pass
+                conn = self._conn
+                result = _tuple_new(_RunResult, (conn.changes(), conn.last_insert_rowid()))
+            except BaseException as exc:
+                error = self._failed(exc, cursor)
+                if error is None:
+                    raise
+                raise error from None
+            finally:
+                self._busy = False
+        finally:
+            lock._release()
+        return result
+
+    def run_many(self, seq_of_params):
+        """Execute once per item of ``seq_of_params`` (sequences or mappings).
+
+        Outside a transaction the whole batch runs in one, so it is atomic and
+        fast. ``changes`` is the total number of rows changed (triggers included).
+        """
+        cdef ConnectionLock lock = self._core.lock
+        cdef bint own_transaction
+        lock._acquire()
+        try:
+            cursor = self._take_cursor()
+            conn = self._conn
+            own_transaction = not conn.in_transaction
+            self._busy = True
+            try:
+                if own_transaction:
+                    conn.execute(self._core.begin_sql)
+                before = conn.total_changes()
+                try:
+                    cursor.executemany(self._sql, _CheckedMany(self, seq_of_params))
+                    if self._returns_rows:
+                        for _ in cursor:
+                            pass
+                    result = _tuple_new(_RunResult, (conn.total_changes() - before, conn.last_insert_rowid()))
+                except BaseException as exc:
+                    if own_transaction and conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    error = self._failed(exc, cursor)
+                    if error is None:
+                        raise
+                    raise error from None
+                if own_transaction:
+                    try:
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+            finally:
+                self._busy = False
+        finally:
+            lock._release()
+        return result
+
+
+cdef class _CheckedMany:
+    """Validate each item of a ``run_many`` batch the way single runs are validated."""
+
+    cdef Statement _statement
+    cdef object _it
+
+    def __init__(self, Statement statement, seq_of_params):
+        if isinstance(seq_of_params, (str, bytes, _Mapping)):
+            raise TypeError("run_many() takes an iterable of parameter sequences or mappings")
+        self._statement = statement
+        self._it = iter(seq_of_params)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = next(self._it)
+        cdef type t = type(item)
+        if t is tuple or t is list:
+            return item
+        if isinstance(item, _Mapping):
+            if len(item) > self._statement._n_named:
+                raise extra_names_error(self._statement._sql, self._statement._names, item)
+            return item
+        if _is_scalar(item):
+            return (item,)
+        return item
+
+
+cdef class RowIterator:
+    """Iterator over the rows of one execution; resets the statement when done."""
+
+    cdef Statement _statement
+    cdef object _cursor
+
+    def __init__(self, Statement statement, cursor):
+        self._statement = statement
+        self._cursor = cursor
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cursor = self._cursor
+        if cursor is None:
+            raise StopIteration
+        cdef Statement statement = self._statement
+        cdef DatabaseCore core = statement._core
+        cdef ConnectionLock lock = core.lock
+        lock._acquire()
+        try:
+            if core.closed:
+                self._cursor = None
+                raise _closed_error(core.path)
+            try:
+                row = next(cursor)
+            except StopIteration:
+                self._cursor = None
+                cursor.close(True)
+                raise
+            except BaseException:
+                self._cursor = None
+                cursor.close(True)
+                raise
+        finally:
+            lock._release()
+        return statement._row(row)
+
+    def close(self):
+        """Stop iterating and reset the statement now."""
+        cursor = self._cursor
+        if cursor is not None:
+            self._cursor = None
+            core = self._statement._core
+            core.lock._acquire()
+            try:
+                if not core.closed:
+                    cursor.close(True)
+            finally:
+                core.lock._release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        self.close()
+
+    def __del__(self):
+        cursor = self._cursor
+        if cursor is not None:
+            self._cursor = None
+            try:
+                cursor.close(True)
+            except Exception:
+                pass

@@ -1,0 +1,133 @@
+"""Statement introspection and binding-error messages, shared by both twins.
+
+Nothing here is on the hot path: it runs when a statement is first prepared or
+after an execution has already failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import apsw
+
+__all__ = ["StatementInfo", "binding_error", "describe", "extra_names_error"]
+
+
+class StatementInfo(NamedTuple):
+    """What SQLite reports about a prepared statement before it runs."""
+
+    columns: tuple[str, ...]
+    parameter_names: tuple[str | None, ...]
+    parameter_count: int
+    readonly: bool
+
+
+def _trace(connection: apsw.Connection, sql: str) -> tuple[StatementInfo | None, str]:
+    """Prepare ``sql`` without running it; return its info and the SQL it consumed."""
+    found: list[tuple[StatementInfo | None, str]] = []
+
+    def tracer(cursor: apsw.Cursor, first: str, bindings: Any) -> bool:
+        info = None
+        if cursor.has_vdbe:
+            info = StatementInfo(
+                columns=tuple(d[0] for d in cursor.get_description()),
+                parameter_names=tuple(cursor.bindings_names),
+                parameter_count=cursor.bindings_count,
+                readonly=bool(cursor.is_readonly),
+            )
+        found.append((info, first))
+        return False
+
+    cursor = connection.cursor()
+    cursor.exec_trace = tracer
+    try:
+        cursor.execute(sql, apsw._null_bindings)  # type: ignore[attr-defined]
+    except apsw.ExecTraceAbort:
+        pass
+    finally:
+        cursor.close()
+    if not found:  # nothing but whitespace: the tracer never ran
+        return None, sql
+    return found[0]
+
+
+def describe(connection: apsw.Connection, sql: str) -> StatementInfo:
+    """Compile ``sql`` once and report its columns, parameters and read-only flag.
+
+    Raises ``ValueError`` when ``sql`` holds no statement or more than one, and
+    SQLite's own error (``apsw.SQLError`` ...) when it does not compile.
+    """
+    if not isinstance(sql, str):
+        raise TypeError(f"SQL must be a str, not {type(sql).__name__}")
+    info, consumed = _trace(connection, sql)
+    if info is None:
+        raise ValueError(f"the SQL text contains no statement: {sql!r}")
+    rest = sql[len(consumed) :]
+    if rest.strip():
+        extra, _ = _trace(connection, rest)
+        if extra is not None:
+            raise ValueError(
+                "prepare() takes exactly one SQL statement (use exec() for scripts); "
+                f"found more after {consumed.strip()!r}"
+            )
+    return info
+
+
+def _display(names: tuple[str | None, ...], index: int) -> str:
+    """How to name parameter ``index`` (0-based) in a message."""
+    name = names[index] if index < len(names) else None
+    if name is None or name.isdigit():
+        return f"parameter {index + 1}"
+    return f"parameter :{name}"
+
+
+def extra_names_error(sql: str, names: tuple[str | None, ...], given: Mapping[str, Any]) -> apsw.BindingsError:
+    """The error for named values the statement does not use (APSW ignores them)."""
+    known = {n for n in names if n is not None}
+    extra = sorted(str(k) for k in given if k not in known)
+    missing = sorted(n for n in known if n not in given)
+    text = f"unexpected named value(s) {', '.join(repr(e) for e in extra)} for statement {sql!r}"
+    if missing:
+        text += f"; it expects {', '.join(':' + m for m in missing)}"
+    elif known:
+        text += f"; it takes {', '.join(':' + n for n in sorted(known))}"
+    else:
+        text += "; it takes no named parameters"
+    return apsw.BindingsError(text)
+
+
+def binding_error(exc: BaseException, sql: str, names: tuple[str | None, ...]) -> BaseException | None:
+    """Translate an APSW binding failure into appdb's error, or None if it is not one.
+
+    * a missing named value (APSW raises ``KeyError``) -> ``apsw.BindingsError``;
+    * a wrong number of values -> ``apsw.BindingsError`` saying how many are expected;
+    * an unsupported value type -> ``TypeError`` naming the parameter.
+    """
+    if isinstance(exc, KeyError):
+        key = exc.args[0] if exc.args else None
+        if key in names:
+            return apsw.BindingsError(f"missing value for named parameter :{key} in statement {sql!r}")
+        return None
+    if isinstance(exc, apsw.BindingsError):
+        message = str(exc)
+        if message.startswith("Incorrect number of bindings"):
+            return apsw.BindingsError(
+                f"statement {sql!r} takes {len(names)} parameter value(s): {message}"
+            )
+        return None
+    if isinstance(exc, TypeError):
+        message = str(exc)
+        marker = "argument #"
+        if message.startswith("Bad binding argument type") and marker in message:
+            tail = message.split(marker, 1)[1]
+            number = tail.split(":", 1)[0]
+            kind = tail.split("type", 1)[-1].strip()
+            if number.isdigit():
+                where = _display(names, int(number) - 1)
+                return TypeError(
+                    f"unsupported type {kind!r} for {where} of statement {sql!r}"
+                    " (use None, int, float, str, bytes or a buffer)"
+                )
+        return None
+    return None

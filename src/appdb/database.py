@@ -1,0 +1,454 @@
+"""``init_database`` and the ``AppDatabase`` facade."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import apsw
+
+from . import _select
+from ._constants import MIGRATIONS_TABLE
+from ._types import CacheStats, CheckpointResult
+from .errors import DatabaseClosedError, DatabaseOpenError, TransactionError
+from .pragmas import WRITE_PRAGMAS, pragma_sql, validate_pragmas
+
+if TYPE_CHECKING:
+    from ._fastcache_py import Statement
+    from .migrations import Migration, MigrationResult
+
+__all__ = ["AppDatabase", "init_database"]
+
+logger = logging.getLogger("appdb")
+
+T = TypeVar("T")
+
+_MODES = {"deferred": "BEGIN DEFERRED", "immediate": "BEGIN IMMEDIATE", "exclusive": "BEGIN EXCLUSIVE"}
+_CHECKPOINT_MODES = {
+    "passive": apsw.SQLITE_CHECKPOINT_PASSIVE,
+    "full": apsw.SQLITE_CHECKPOINT_FULL,
+    "restart": apsw.SQLITE_CHECKPOINT_RESTART,
+    "truncate": apsw.SQLITE_CHECKPOINT_TRUNCATE,
+}
+_FILE_MODE = 0o600
+_OPEN_ERRORS = (apsw.NotADBError, apsw.CorruptError, apsw.CantOpenError, apsw.IOError, apsw.PermissionsError)
+
+
+class PrepareMethod(Protocol):
+    def __call__(self, sql: str, *, row_type: str | None = None) -> Statement: ...
+
+
+def init_database(
+    path: str | os.PathLike[str] = "./data/app.db",
+    *,
+    readonly: bool = False,
+    run_migrations: bool = True,
+    migrations: str | os.PathLike[str] | Sequence[Migration] | None = None,
+    allow_destructive: bool = False,
+    pragmas: Mapping[str, int | str | bool] | None = None,
+    statement_cache_size: int = 256,
+    row_type: str = "dict",
+) -> AppDatabase:
+    """Open (creating if needed) a tuned SQLite database and apply its migrations.
+
+    ``path`` is a file path or ``":memory:"``; a missing parent directory is
+    created. ``readonly=True`` never modifies the database file. ``migrations``
+    is a directory, an importable package name or a list of ``Migration``; with
+    ``run_migrations`` they are applied before this returns (destructive ones only
+    with ``allow_destructive=True``). ``pragmas`` overrides or adds pragmas.
+    """
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise TypeError(f"path must be a str or os.PathLike[str], not {type(path).__name__}")
+    if row_type not in ("dict", "tuple"):
+        raise ValueError(f"row_type must be 'dict' or 'tuple', not {row_type!r}")
+    if not isinstance(statement_cache_size, int) or statement_cache_size < 0:
+        raise ValueError(f"statement_cache_size must be an int >= 0, not {statement_cache_size!r}")
+    settings = validate_pragmas(pragmas)
+    memory = text == ":memory:" or text == ""
+    if not memory:
+        _prepare_file(text, readonly)
+    connection = _connect(text, readonly, statement_cache_size)
+    try:
+        _configure(connection, text, readonly, settings)
+    except BaseException:
+        connection.close(True)
+        raise
+    db = AppDatabase(connection, text, readonly=readonly, statement_cache_size=statement_cache_size, row_type=row_type)
+    if run_migrations and migrations is not None:
+        try:
+            from .migrations import apply_on_open
+
+            db.migration_results = apply_on_open(db, migrations, allow_destructive=allow_destructive)
+        except BaseException:
+            db.close()
+            raise
+    return db
+
+
+def _prepare_file(path: str, readonly: bool) -> None:
+    """Check the path and create the file owner-only (SQLite copies its mode to -wal/-shm)."""
+    if os.path.isdir(path):
+        raise DatabaseOpenError(f"cannot open database {path!r}: the path is a directory")
+    if readonly:
+        if not os.path.exists(path):
+            raise DatabaseOpenError(f"cannot open database {path!r} read-only: the file does not exist")
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseOpenError(f"cannot create the directory {parent!r} for database {path!r}: {exc.strerror or exc}") from exc
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _FILE_MODE)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise DatabaseOpenError(f"cannot create database file {path!r}: {exc.strerror or exc}") from exc
+    os.close(fd)
+
+
+def _connect(path: str, readonly: bool, statement_cache_size: int) -> apsw.Connection:
+    flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    # APSW keeps the compiled statements. Its cache is scanned linearly on every
+    # execute, so it stays at APSW's default size (100) rather than growing with ours.
+    apsw_cache = max(16, min(100, statement_cache_size))
+    try:
+        return apsw.Connection(path, flags=flags, statementcachesize=apsw_cache)
+    except _OPEN_ERRORS as exc:
+        raise DatabaseOpenError(f"cannot open database {path!r}: {exc}") from exc
+
+
+def _configure(connection: apsw.Connection, path: str, readonly: bool, settings: Mapping[str, object]) -> None:
+    connection.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
+    connection.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
+    connection.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0)
+    try:
+        # Reading the schema first turns "not a database" into one clear error.
+        connection.execute("SELECT count(*) FROM sqlite_schema").get
+        for name, value in settings.items():
+            if readonly and name.rpartition(".")[2] in WRITE_PRAGMAS:
+                continue
+            connection.execute(pragma_sql(name, value)).fetchall()
+    except (apsw.NotADBError, apsw.CorruptError) as exc:
+        raise DatabaseOpenError(
+            f"cannot open database {path!r}: the file is not a SQLite database or is corrupted ({exc})"
+        ) from exc
+    except (apsw.CantOpenError, apsw.IOError, apsw.PermissionsError, apsw.ReadOnlyError) as exc:
+        raise DatabaseOpenError(f"cannot open database {path!r}: {exc}") from exc
+
+
+class AppDatabase:
+    """A tuned SQLite connection with cached prepared statements and transactions.
+
+    Create it with :func:`init_database`. It is a context manager that closes on
+    exit. All methods are safe to call from several threads.
+    """
+
+    prepare: PrepareMethod
+    """``prepare(sql, *, row_type=None) -> Statement``: cached prepared statement.
+
+    The same SQL (and row type) returns the very same ``Statement`` while it stays
+    in the bounded LRU cache of ``statement_cache_size`` entries.
+    """
+
+    migration_results: list[MigrationResult]
+
+    def __init__(
+        self,
+        connection: apsw.Connection,
+        path: str,
+        *,
+        readonly: bool = False,
+        statement_cache_size: int = 256,
+        row_type: str = "dict",
+    ) -> None:
+        begin = _MODES["deferred"] if readonly else _MODES["immediate"]
+        self._core = _select.impl.DatabaseCore(connection, path, statement_cache_size, row_type, begin)
+        self._lock = self._core.lock
+        self._path = path
+        self._readonly = readonly
+        self._memory = path in (":memory:", "")
+        self._savepoints = 0
+        self.prepare = self._core.prepare
+        self.migration_results = []
+
+    # -- properties ----------------------------------------------------------
+    @property
+    def connection(self) -> apsw.Connection:
+        """The underlying ``apsw.Connection``."""
+        self._check_open()
+        return self._core.connection  # type: ignore[no-any-return]
+
+    @property
+    def path(self) -> str:
+        """The database path as given to ``init_database``."""
+        return self._path
+
+    @property
+    def readonly(self) -> bool:
+        """True when opened with ``readonly=True``."""
+        return self._readonly
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` has been called."""
+        return bool(self._core.closed)
+
+    @property
+    def in_transaction(self) -> bool:
+        """True while a transaction is open on this connection."""
+        if self._core.closed:
+            return False
+        return bool(self._core.connection.in_transaction)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._core.closed else ("read-only" if self._readonly else "open")
+        return f"<AppDatabase {self._path!r} {state}>"
+
+    def __enter__(self) -> AppDatabase:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._core.closed:
+            raise DatabaseClosedError(f"the database is closed: {self._path}")
+
+    # -- statements ------------------------------------------------------------
+    def statement_cache_stats(self) -> CacheStats:
+        """Hits, misses, evictions, size and capacity of the statement cache."""
+        return self._core.statement_cache_stats()  # type: ignore[no-any-return]
+
+    def exec(self, sql: str) -> None:
+        """Run a script of one or more SQL statements (no parameters)."""
+        if not isinstance(sql, str):
+            raise TypeError(f"exec() takes SQL text (str), not {type(sql).__name__}")
+        with self._lock:
+            self._check_open()
+            cursor = self._core.connection.cursor()
+            try:
+                for _ in cursor.execute(sql):
+                    pass  # later statements run only as the cursor is read on
+            finally:
+                cursor.close(True)
+
+    # -- transactions ----------------------------------------------------------
+    def transaction(self, fn: Callable[..., T] | None = None, /, *args: Any, mode: str | None = None, **kwargs: Any) -> Any:
+        """Run ``fn(db, *args, **kwargs)`` in a transaction, or return a context manager.
+
+        Commits when ``fn`` returns (and returns its value); rolls back and re-raises
+        on any exception. Nested calls use savepoints. ``mode`` is ``"deferred"``,
+        ``"immediate"`` (default when writable) or ``"exclusive"``.
+        """
+        context = Transaction(self, mode)
+        if fn is None:
+            if args or kwargs:
+                raise TypeError("transaction() takes arguments for fn only when fn is given")
+            return context
+        with context:
+            return fn(self, *args, **kwargs)
+
+    # -- maintenance -----------------------------------------------------------
+    def is_healthy(self) -> bool:
+        """True when the connection is open and can read its database file. Never raises."""
+        try:
+            if self._core.closed:
+                return False
+            with self._lock:
+                if self._core.closed:
+                    return False
+                self._core.connection.execute("SELECT count(*) FROM sqlite_schema").get
+            if not self._memory and not os.path.isfile(self._path):
+                return False
+            return True
+        except Exception:
+            return False
+
+    def get_schema_version(self) -> int:
+        """Highest applied migration version, 0 when none has been applied."""
+        with self._lock:
+            self._check_open()
+            connection = self._core.connection
+            exists = connection.execute(
+                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (MIGRATIONS_TABLE,)
+            ).get
+            if not exists:
+                return 0
+            version = connection.execute(f"SELECT max(version) FROM {MIGRATIONS_TABLE}").get
+            return int(version or 0)
+
+    def checkpoint(self, mode: str = "passive") -> CheckpointResult:
+        """Run a WAL checkpoint (``passive``, ``full``, ``restart`` or ``truncate``).
+
+        Returns ``CheckpointResult(wal_frames, checkpointed_frames)``; raises
+        ``apsw.BusyError`` when a blocking mode cannot finish because of readers.
+        """
+        if mode not in _CHECKPOINT_MODES:
+            raise ValueError(f"checkpoint mode must be one of {', '.join(_CHECKPOINT_MODES)}, not {mode!r}")
+        with self._lock:
+            self._check_open()
+            frames, done = self._core.connection.wal_checkpoint(mode=_CHECKPOINT_MODES[mode])
+        return CheckpointResult(frames, done)
+
+    def backup(self, dest_path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
+        """Write a consistent copy of the database to ``dest_path``; return that path.
+
+        Safe while other connections keep writing: the copy is one snapshot. It is
+        written to a temporary file first and renamed into place, so a crash never
+        leaves a half-written backup. An existing file is replaced only with
+        ``overwrite=True``.
+        """
+        dest = os.fspath(dest_path)
+        if os.path.isdir(dest):
+            raise IsADirectoryError(f"backup destination {dest!r} is a directory")
+        if os.path.exists(dest) and not overwrite:
+            raise FileExistsError(f"backup destination {dest!r} already exists (pass overwrite=True to replace it)")
+        parent = os.path.dirname(os.path.abspath(dest))
+        os.makedirs(parent, exist_ok=True)
+        temporary = os.path.join(parent, f".{os.path.basename(dest)}.{os.getpid()}.tmp")
+        for leftover in (temporary, temporary + "-wal", temporary + "-shm", temporary + "-journal"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+        os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _FILE_MODE))
+        try:
+            target = apsw.Connection(temporary)
+            try:
+                with self._lock:
+                    self._check_open()
+                    with target.backup("main", self._core.connection, "main") as copy:
+                        copy.step(-1)
+            finally:
+                target.close()
+            os.replace(temporary, dest)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+        return dest
+
+    def pragma(self, name: str, value: int | str | bool | None = None) -> Any:
+        """Read or set a pragma; the name and value are validated (no SQL can be injected).
+
+        Returns the single value when the pragma answers one value, a list of
+        dict rows when it answers several, and None when it answers nothing.
+        """
+        sql = pragma_sql(name, value)
+        with self._lock:
+            self._check_open()
+            cursor = self._core.connection.cursor()
+            rows: list[tuple[Any, ...]] = []
+            names: list[str] = []
+            try:
+                for row in cursor.execute(sql):
+                    if not names:
+                        names = [d[0] for d in cursor.get_description()]
+                    rows.append(row)
+            finally:
+                cursor.close(True)
+        if not rows:
+            return None
+        if len(rows) == 1 and len(rows[0]) == 1:
+            return rows[0][0]
+        return [dict(zip(names, row)) for row in rows]
+
+    def close(self) -> None:
+        """Close the connection and clear the statement cache. Safe to call twice."""
+        if self._core.closed:
+            return
+        with self._lock:
+            if self._core.closed:
+                return
+            connection = self._core.connection
+            if not self._readonly and not connection.in_transaction:
+                try:
+                    connection.execute("PRAGMA optimize").fetchall()
+                except apsw.Error:  # optional housekeeping; never block a close
+                    pass
+            self._core.mark_closed()
+            connection.close(True)
+
+
+class Transaction:
+    """Context manager made by ``AppDatabase.transaction()``; savepoints when nested."""
+
+    __slots__ = ("_db", "_mode", "_savepoint")
+
+    def __init__(self, db: AppDatabase, mode: str | None) -> None:
+        if mode is not None and mode not in _MODES:
+            raise ValueError(f"transaction mode must be 'deferred', 'immediate' or 'exclusive', not {mode!r}")
+        self._db = db
+        self._mode = mode
+        self._savepoint: str | None = None
+
+    def __enter__(self) -> AppDatabase:
+        db = self._db
+        db._lock.acquire()
+        try:
+            db._check_open()
+            connection = db._core.connection
+            if connection.in_transaction:
+                db._savepoints += 1
+                self._savepoint = f"appdb_sp_{db._savepoints}"
+                connection.execute(f"SAVEPOINT {self._savepoint}")
+            else:
+                self._savepoint = None
+                connection.execute(_MODES[self._mode] if self._mode else db._core.begin_sql)
+        except BaseException:
+            if self._savepoint is not None:
+                db._savepoints -= 1
+            db._lock.release()
+            raise
+        return db
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        db = self._db
+        try:
+            if db._core.closed:
+                if et is None:
+                    raise DatabaseClosedError(f"the database was closed inside a transaction: {db._path}")
+                return
+            connection = db._core.connection
+            name = self._savepoint
+            if et is None:
+                if not connection.in_transaction:
+                    raise TransactionError(
+                        "the transaction had already ended before it could commit (SQLite rolls back "
+                        "after errors such as a full disk, or SQL inside it ended it): nothing after "
+                        "that point was saved"
+                    )
+                try:
+                    connection.execute(f"RELEASE {name}" if name else "COMMIT")
+                except BaseException:
+                    self._rollback(connection, name)
+                    raise
+            else:
+                self._rollback(connection, name)
+        finally:
+            if self._savepoint is not None:
+                db._savepoints -= 1
+            db._lock.release()
+
+    @staticmethod
+    def _rollback(connection: apsw.Connection, name: str | None) -> None:
+        if not connection.in_transaction:
+            return  # SQLite already rolled everything back
+        try:
+            if name:
+                connection.execute(f"ROLLBACK TO {name}")
+                connection.execute(f"RELEASE {name}")
+            else:
+                connection.execute("ROLLBACK")
+        except apsw.SQLError:
+            # the savepoint vanished with an outer rollback; roll back what is left
+            if connection.in_transaction and name is None:
+                connection.execute("ROLLBACK")
+

@@ -1,0 +1,46 @@
+"""Exceptions raised by appdb itself.
+
+SQLite's own errors are not wrapped: they surface as APSW's exception classes
+(``apsw.SQLError``, ``apsw.ConstraintError``, ``apsw.BusyError``, ...), all of which
+subclass ``apsw.Error``.  appdb's own errors subclass :class:`Error`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DatabaseClosedError",
+    "DatabaseOpenError",
+    "DestructiveMigrationError",
+    "Error",
+    "InvalidPragmaError",
+    "MigrationError",
+    "TransactionError",
+]
+
+
+class Error(Exception):
+    """Base class of every error raised by appdb itself."""
+
+
+class DatabaseClosedError(Error):
+    """The database (or a statement belonging to it) was used after ``close()``."""
+
+
+class DatabaseOpenError(Error):
+    """``init_database`` could not open the file as a usable SQLite database."""
+
+
+class InvalidPragmaError(Error, ValueError):
+    """A pragma name or value was rejected; the message names the pragma."""
+
+
+class MigrationError(Error):
+    """A migration could not be discovered, validated, applied or rolled back."""
+
+
+class DestructiveMigrationError(MigrationError):
+    """A migration would destroy data and was not approved."""
+
+
+class TransactionError(Error):
+    """A transaction ended in a way that may have lost its changes."""
