@@ -361,12 +361,12 @@ cdef class Statement:
         if cursor is not None:
             cursor.close(True)
 
-    cdef object _failed(self, BaseException exc, object cursor):
+    cdef object _failed(self, BaseException exc, object cursor, object bindings):
         """Discard ``cursor`` after an error; return the translated error if any."""
         if cursor is self._cursor:
             self._forget_cursor()
         cursor.close(True)
-        return binding_error(exc, self._sql, self._names)
+        return binding_error(exc, self._sql, self._names, bindings)
 
     cdef inline object _row(self, object row):
         cdef tuple columns
@@ -406,7 +406,7 @@ cdef class Statement:
                     self._forget_cursor()
                     cursor.close(True)
             except BaseException as exc:
-                error = self._failed(exc, cursor)
+                error = self._failed(exc, cursor, bindings)
                 if error is None:
                     raise
                 raise error from None
@@ -433,7 +433,7 @@ cdef class Statement:
                     self._forget_cursor()
                     cursor.close(True)
             except BaseException as exc:
-                error = self._failed(exc, cursor)
+                error = self._failed(exc, cursor, bindings)
                 if error is None:
                     raise
                 raise error from None
@@ -458,7 +458,7 @@ cdef class Statement:
             try:
                 rows = self._start(cursor, bindings).fetchall()
             except BaseException as exc:
-                error = self._failed(exc, cursor)
+                error = self._failed(exc, cursor, bindings)
                 if error is None:
                     raise
                 raise error from None
@@ -489,7 +489,7 @@ cdef class Statement:
                 self._start(cursor, bindings)
             except BaseException as exc:
                 cursor.close(True)
-                error = binding_error(exc, self._sql, self._names)
+                error = binding_error(exc, self._sql, self._names, bindings)
                 if error is None:
                     raise
                 raise error from None
@@ -513,7 +513,7 @@ cdef class Statement:
                 conn = self._conn
                 result = _tuple_new(_RunResult, (conn.changes(), conn.last_insert_rowid()))
             except BaseException as exc:
-                error = self._failed(exc, cursor)
+                error = self._failed(exc, cursor, bindings)
                 if error is None:
                     raise
                 raise error from None
@@ -550,7 +550,7 @@ cdef class Statement:
                 except BaseException as exc:
                     if own_transaction and conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    error = self._failed(exc, cursor)
+                    error = self._failed(exc, cursor, None)
                     if error is None:
                         raise
                     raise error from None

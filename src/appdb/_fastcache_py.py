@@ -215,12 +215,12 @@ class Statement:
         if cursor is not None:
             cursor.close(True)
 
-    def _failed(self, exc: BaseException, cursor: apsw.Cursor) -> BaseException | None:
+    def _failed(self, exc: BaseException, cursor: apsw.Cursor, bindings: Any) -> BaseException | None:
         """Discard ``cursor`` after an error; return the translated error if any."""
         if cursor is self._cursor:
             self._cursor = None
         cursor.close(True)
-        return binding_error(exc, self._sql, self._names)
+        return binding_error(exc, self._sql, self._names, bindings)
 
     def _row(self, row: Any) -> Any:
         if self._as_dict:
@@ -251,7 +251,7 @@ class Statement:
                     self._cursor = None
                     cursor.close(True)
             except BaseException as exc:
-                error = self._failed(exc, cursor)
+                error = self._failed(exc, cursor, bindings)
                 if error is None:
                     raise
                 raise error from None
@@ -278,7 +278,7 @@ class Statement:
                     self._cursor = None
                     cursor.close(True)
             except BaseException as exc:
-                error = self._failed(exc, cursor)
+                error = self._failed(exc, cursor, bindings)
                 if error is None:
                     raise
                 raise error from None
@@ -301,7 +301,7 @@ class Statement:
             try:
                 rows = cursor.execute(self._sql, bindings).fetchall()
             except BaseException as exc:
-                error = self._failed(exc, cursor)
+                error = self._failed(exc, cursor, bindings)
                 if error is None:
                     raise
                 raise error from None
@@ -333,7 +333,7 @@ class Statement:
                 cursor.execute(self._sql, bindings)
             except BaseException as exc:
                 cursor.close(True)
-                error = binding_error(exc, self._sql, self._names)
+                error = binding_error(exc, self._sql, self._names, bindings)
                 if error is None:
                     raise
                 raise error from None
@@ -357,7 +357,7 @@ class Statement:
                 conn = self._conn
                 result = _new_run_result(RunResult, (conn.changes(), conn.last_insert_rowid()))
             except BaseException as exc:
-                error = self._failed(exc, cursor)
+                error = self._failed(exc, cursor, bindings)
                 if error is None:
                     raise
                 raise error from None
@@ -395,7 +395,7 @@ class Statement:
                 except BaseException as exc:
                     if own_transaction and conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    error = self._failed(exc, cursor)
+                    error = self._failed(exc, cursor, None)
                     if error is None:
                         raise
                     raise error from None

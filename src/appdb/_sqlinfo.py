@@ -97,7 +97,9 @@ def extra_names_error(sql: str, names: tuple[str | None, ...], given: Mapping[st
     return apsw.BindingsError(text)
 
 
-def binding_error(exc: BaseException, sql: str, names: tuple[str | None, ...]) -> BaseException | None:
+def binding_error(
+    exc: BaseException, sql: str, names: tuple[str | None, ...], given: object = None
+) -> BaseException | None:
     """Translate an APSW binding failure into appdb's error, or None if it is not one.
 
     * a missing named value (APSW raises ``KeyError``) -> ``apsw.BindingsError``;
@@ -107,7 +109,12 @@ def binding_error(exc: BaseException, sql: str, names: tuple[str | None, ...]) -
     if isinstance(exc, KeyError):
         key = exc.args[0] if exc.args else None
         if key in names:
-            return apsw.BindingsError(f"missing value for named parameter :{key} in statement {sql!r}")
+            text = f"missing value for named parameter :{key} in statement {sql!r}"
+            if isinstance(given, Mapping):
+                unknown = sorted(str(k) for k in given if k not in names)
+                if unknown:
+                    text += f"; unexpected named value(s) {', '.join(repr(u) for u in unknown)}"
+            return apsw.BindingsError(text)
         return None
     if isinstance(exc, apsw.BindingsError):
         message = str(exc)
