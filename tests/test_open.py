@@ -63,7 +63,8 @@ def test_memory_database(impl: ModuleType) -> None:
 
 
 def test_pragma_overrides_and_additions(impl: ModuleType, db_path: Path) -> None:
-    with appdb.init_database(db_path, pragmas={"busy_timeout": 100, "cache_size": "-2000", "mmap_size": 0}) as db:
+    overrides = {"busy_timeout": 100, "cache_size": "-2000", "mmap_size": 0}
+    with appdb.init_database(db_path, pragmas=overrides) as db:
         assert db.pragma("busy_timeout") == 100
         assert db.pragma("cache_size") == -2000
         assert db.pragma("mmap_size") == 0

@@ -23,7 +23,7 @@ def test_threads_share_statements(small: appdb.AppDatabase) -> None:
                     insert.run(f"thread{n}", i)
                 else:
 
-                    def both(db: appdb.AppDatabase) -> None:
+                    def both(db: appdb.AppDatabase, i: int = i) -> None:
                         insert.run(f"thread{n}", i)
                         try:
                             with db.transaction():

@@ -32,7 +32,7 @@ def _closed_error(path: str) -> DatabaseClosedError:
 def check_row_type(row_type: object) -> str:
     if row_type not in _ROW_TYPES:
         raise ValueError(f"row_type must be 'dict' or 'tuple', not {row_type!r}")
-    return row_type  # type: ignore[return-value]
+    return row_type
 
 
 class ConnectionLock:
@@ -365,7 +365,7 @@ class Statement:
                 self._busy = False
         finally:
             lock.release()
-        return result  # type: ignore[no-any-return]
+        return result
 
     def run_many(self, seq_of_params: Iterable[Any]) -> RunResult:
         """Execute once per item of ``seq_of_params`` (sequences or mappings).
@@ -410,7 +410,7 @@ class Statement:
                 self._busy = False
         finally:
             lock.release()
-        return result  # type: ignore[no-any-return]
+        return result
 
 
 def _checked_many(statement: Statement, seq_of_params: Iterable[Any]) -> Iterator[Any]:

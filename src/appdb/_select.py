@@ -13,8 +13,8 @@ if NO_EXTENSIONS or sys.implementation.name != "cpython":
     from . import _fastcache_py as impl
 else:
     try:
-        from . import _fastcache as impl  # type: ignore[no-redef]
+        from . import _fastcache as impl  # type: ignore[no-redef, attr-defined, unused-ignore]
     except ImportError:  # no compiled extension in this install
-        from . import _fastcache_py as impl  # type: ignore[no-redef]
+        from . import _fastcache_py as impl
 
 IMPLEMENTATION = "python" if impl.__name__.endswith("_py") else "cython"

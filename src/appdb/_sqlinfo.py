@@ -82,7 +82,9 @@ def _display(names: tuple[str | None, ...], index: int) -> str:
     return f"parameter :{name}"
 
 
-def extra_names_error(sql: str, names: tuple[str | None, ...], given: Mapping[str, Any]) -> apsw.BindingsError:
+def extra_names_error(
+    sql: str, names: tuple[str | None, ...], given: Mapping[str, Any]
+) -> apsw.BindingsError:
     """The error for named values the statement does not use (APSW ignores them)."""
     known = {n for n in names if n is not None}
     extra = sorted(str(k) for k in given if k not in known)

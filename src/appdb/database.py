@@ -77,7 +77,9 @@ def init_database(
     except BaseException:
         connection.close(True)
         raise
-    db = AppDatabase(connection, text, readonly=readonly, statement_cache_size=statement_cache_size, row_type=row_type)
+    db = AppDatabase(
+        connection, text, readonly=readonly, statement_cache_size=statement_cache_size, row_type=row_type
+    )
     if run_migrations and migrations is not None:
         try:
             from .migrations import apply_on_open
@@ -101,7 +103,9 @@ def _prepare_file(path: str, readonly: bool) -> None:
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:
-        raise DatabaseOpenError(f"cannot create the directory {parent!r} for database {path!r}: {exc.strerror or exc}") from exc
+        raise DatabaseOpenError(
+            f"cannot create the directory {parent!r} for database {path!r}: {exc.strerror or exc}"
+        ) from exc
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _FILE_MODE)
     except FileExistsError:
@@ -112,7 +116,9 @@ def _prepare_file(path: str, readonly: bool) -> None:
 
 
 def _connect(path: str, readonly: bool, statement_cache_size: int) -> apsw.Connection:
-    flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    flags = apsw.SQLITE_OPEN_READONLY
+    if not readonly:
+        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
     # APSW keeps the compiled statements. Its cache is scanned linearly on every
     # execute, so it stays at APSW's default size (100) rather than growing with ours.
     apsw_cache = max(16, min(100, statement_cache_size))
@@ -122,13 +128,15 @@ def _connect(path: str, readonly: bool, statement_cache_size: int) -> apsw.Conne
         raise DatabaseOpenError(f"cannot open database {path!r}: {exc}") from exc
 
 
-def _configure(connection: apsw.Connection, path: str, readonly: bool, settings: Mapping[str, object]) -> None:
+def _configure(
+    connection: apsw.Connection, path: str, readonly: bool, settings: Mapping[str, object]
+) -> None:
     connection.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
     connection.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
     connection.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0)
     try:
         # Reading the schema first turns "not a database" into one clear error.
-        connection.execute("SELECT count(*) FROM sqlite_schema").get
+        connection.execute("SELECT count(*) FROM sqlite_schema").fetchall()
         for name, value in settings.items():
             if readonly and name.rpartition(".")[2] in WRITE_PRAGMAS:
                 continue
@@ -240,7 +248,9 @@ class AppDatabase:
                 cursor.close(True)
 
     # -- transactions ----------------------------------------------------------
-    def transaction(self, fn: Callable[..., T] | None = None, /, *args: Any, mode: str | None = None, **kwargs: Any) -> Any:
+    def transaction(
+        self, fn: Callable[..., T] | None = None, /, *args: Any, mode: str | None = None, **kwargs: Any
+    ) -> Any:
         """Run ``fn(db, *args, **kwargs)`` in a transaction, or return a context manager.
 
         Commits when ``fn`` returns (and returns its value); rolls back and re-raises
@@ -264,7 +274,7 @@ class AppDatabase:
             with self._lock:
                 if self._core.closed:
                     return False
-                self._core.connection.execute("SELECT count(*) FROM sqlite_schema").get
+                self._core.connection.execute("SELECT count(*) FROM sqlite_schema").fetchall()
             if not self._memory and not os.path.isfile(self._path):
                 return False
             return True
@@ -291,7 +301,8 @@ class AppDatabase:
         ``apsw.BusyError`` when a blocking mode cannot finish because of readers.
         """
         if mode not in _CHECKPOINT_MODES:
-            raise ValueError(f"checkpoint mode must be one of {', '.join(_CHECKPOINT_MODES)}, not {mode!r}")
+            modes = ", ".join(_CHECKPOINT_MODES)
+            raise ValueError(f"checkpoint mode must be one of {modes}, not {mode!r}")
         with self._lock:
             self._check_open()
             frames, done = self._core.connection.wal_checkpoint(mode=_CHECKPOINT_MODES[mode])
@@ -309,7 +320,9 @@ class AppDatabase:
         if os.path.isdir(dest):
             raise IsADirectoryError(f"backup destination {dest!r} is a directory")
         if os.path.exists(dest) and not overwrite:
-            raise FileExistsError(f"backup destination {dest!r} already exists (pass overwrite=True to replace it)")
+            raise FileExistsError(
+                f"backup destination {dest!r} already exists (pass overwrite=True to replace it)"
+            )
         parent = os.path.dirname(os.path.abspath(dest))
         os.makedirs(parent, exist_ok=True)
         temporary = os.path.join(parent, f".{os.path.basename(dest)}.{os.getpid()}.tmp")
@@ -382,7 +395,9 @@ class Transaction:
 
     def __init__(self, db: AppDatabase, mode: str | None) -> None:
         if mode is not None and mode not in _MODES:
-            raise ValueError(f"transaction mode must be 'deferred', 'immediate' or 'exclusive', not {mode!r}")
+            raise ValueError(
+                f"transaction mode must be 'deferred', 'immediate' or 'exclusive', not {mode!r}"
+            )
         self._db = db
         self._mode = mode
         self._savepoint: str | None = None

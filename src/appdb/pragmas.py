@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Union
 
 import apsw
 
@@ -16,7 +15,7 @@ from .errors import InvalidPragmaError
 
 __all__ = ["DEFAULT_PRAGMAS", "JOURNAL_SIZE_LIMIT", "PragmaValue", "pragma_sql", "validate_pragmas"]
 
-PragmaValue = Union[int, str, bool]
+PragmaValue = int | str | bool
 
 #: Bytes the WAL file is truncated back to after a checkpoint (64 MiB).
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
