@@ -36,6 +36,21 @@ cdef extern from *:
     #endif
     """
     dict appdb_new_dict(Py_ssize_t n)
+
+cdef extern from *:
+    """
+    /* An instance of the 2-field tuple subclass t (RunResult) without the
+       temporary tuple and argument parsing of tuple.__new__. */
+    static PyObject* appdb_new_pair(PyObject* t, PyObject* a, PyObject* b) {
+        PyTypeObject* type = (PyTypeObject*)t;
+        PyObject* pair = type->tp_alloc(type, 2);
+        if (pair == NULL) return NULL;
+        Py_INCREF(a); PyTuple_SET_ITEM(pair, 0, a);
+        Py_INCREF(b); PyTuple_SET_ITEM(pair, 1, b);
+        return pair;
+    }
+    """
+    object appdb_new_pair(object t, object a, object b)
 from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 
 from collections.abc import Mapping
@@ -51,7 +66,6 @@ __all__ = ["ConnectionLock", "DatabaseCore", "RowIterator", "Statement"]
 cdef object _BindingsError = apsw.BindingsError
 cdef object _Mapping = Mapping
 cdef object _RunResult = RunResult
-cdef object _tuple_new = tuple.__new__
 cdef tuple _ROW_TYPES = ("dict", "tuple")
 
 
@@ -263,6 +277,8 @@ cdef class Statement:
     cdef bint _as_dict
     cdef object _cursor
     cdef object _execute
+    cdef object _changes
+    cdef object _last_insert_rowid
     cdef bint _busy
     cdef long long _last_used
 
@@ -280,6 +296,8 @@ cdef class Statement:
         self._as_dict = as_dict
         self._cursor = None
         self._execute = None
+        self._changes = core.connection.changes
+        self._last_insert_rowid = core.connection.last_insert_rowid
         self._busy = False
         self._last_used = 0
 
@@ -510,8 +528,7 @@ cdef class Statement:
                 if self._returns_rows:
                     for _ in cursor:
                         pass
-                conn = self._conn
-                result = _tuple_new(_RunResult, (conn.changes(), conn.last_insert_rowid()))
+                result = appdb_new_pair(_RunResult, self._changes(), self._last_insert_rowid())
             except BaseException as exc:
                 error = self._failed(exc, cursor, bindings)
                 if error is None:
@@ -546,7 +563,7 @@ cdef class Statement:
                     if self._returns_rows:
                         for _ in cursor:
                             pass
-                    result = _tuple_new(_RunResult, (conn.total_changes() - before, conn.last_insert_rowid()))
+                    result = appdb_new_pair(_RunResult, conn.total_changes() - before, conn.last_insert_rowid())
                 except BaseException as exc:
                     if own_transaction and conn.in_transaction:
                         conn.execute("ROLLBACK")
