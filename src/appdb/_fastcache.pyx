@@ -78,6 +78,14 @@ cdef object _closed_error(str path):
     return DatabaseClosedError(f"the database is closed: {path}")
 
 
+cdef str _exact_sql(object sql):
+    if type(sql) is str:
+        return <str>sql
+    if isinstance(sql, str):
+        return str.__str__(sql)  # the text itself, whatever a subclass overrides
+    raise TypeError(f"SQL must be a str, not {type(sql).__name__}")
+
+
 def check_row_type(row_type):
     if row_type not in _ROW_TYPES:
         raise ValueError(f"row_type must be 'dict' or 'tuple', not {row_type!r}")
@@ -190,7 +198,7 @@ cdef class DatabaseCore:
         self._misses = 0
         self._evictions = 0
 
-    def prepare(self, str sql, *, row_type=None):
+    def prepare(self, sql, *, row_type=None):
         """Return the cached ``Statement`` for ``sql`` (and row type), compiling it on a miss."""
         cdef PyObject* found
         cdef Statement statement
@@ -209,8 +217,9 @@ cdef class DatabaseCore:
             return statement
         return self._prepare_miss(key, sql, row_type)
 
-    cdef Statement _prepare_miss(self, object key, str sql, object row_type):
+    cdef Statement _prepare_miss(self, object key, object sql, object row_type):
         cdef bint as_dict = check_row_type(self.row_type if row_type is None else row_type) == "dict"
+        sql = _exact_sql(sql)
         cdef Statement statement
         self.lock._acquire()
         try:

@@ -29,6 +29,14 @@ def _closed_error(path: str) -> DatabaseClosedError:
     return DatabaseClosedError(f"the database is closed: {path}")
 
 
+def _exact_sql(sql: object) -> str:
+    if type(sql) is str:
+        return sql
+    if isinstance(sql, str):
+        return str.__str__(sql)  # the text itself, whatever a subclass overrides
+    raise TypeError(f"SQL must be a str, not {type(sql).__name__}")
+
+
 def check_row_type(row_type: object) -> str:
     if row_type not in _ROW_TYPES:
         raise ValueError(f"row_type must be 'dict' or 'tuple', not {row_type!r}")
@@ -84,7 +92,10 @@ class DatabaseCore:
         if self.closed:
             raise _closed_error(self.path)
         key: Any = sql if row_type is None or row_type == self.row_type else (sql, row_type)
-        statement = self._cache.get(key)
+        try:
+            statement = self._cache.get(key)
+        except TypeError:  # unhashable: not SQL text, reported by _prepare_miss
+            statement = None
         if statement is not None:
             self._clock += 1
             statement._last_used = self._clock
@@ -94,6 +105,7 @@ class DatabaseCore:
 
     def _prepare_miss(self, key: Any, sql: str, row_type: str | None) -> Statement:
         as_dict = check_row_type(self.row_type if row_type is None else row_type) == "dict"
+        sql = _exact_sql(sql)
         with self.lock:
             if self.closed:
                 raise _closed_error(self.path)

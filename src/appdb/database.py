@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -51,6 +53,7 @@ def init_database(
     pragmas: Mapping[str, int | str | bool] | None = None,
     statement_cache_size: int = 256,
     row_type: str = "dict",
+    vfs: str | None = None,
 ) -> AppDatabase:
     """Open (creating if needed) a tuned SQLite database and apply its migrations.
 
@@ -59,6 +62,7 @@ def init_database(
     is a directory, an importable package name or a list of ``Migration``; with
     ``run_migrations`` they are applied before this returns (destructive ones only
     with ``allow_destructive=True``). ``pragmas`` overrides or adds pragmas.
+    ``vfs`` names a registered SQLite VFS to open the file through (default: SQLite's).
     """
     text = os.fspath(path)
     if not isinstance(text, str):
@@ -71,7 +75,9 @@ def init_database(
     memory = text == ":memory:" or text == ""
     if not memory:
         _prepare_file(text, readonly)
-    connection = _connect(text, readonly, statement_cache_size)
+    if vfs is not None and not isinstance(vfs, str):
+        raise TypeError(f"vfs must be the name of a registered VFS (str), not {type(vfs).__name__}")
+    connection = _connect(text, readonly, statement_cache_size, vfs)
     try:
         _configure(connection, text, readonly, settings)
     except BaseException:
@@ -115,7 +121,7 @@ def _prepare_file(path: str, readonly: bool) -> None:
     os.close(fd)
 
 
-def _connect(path: str, readonly: bool, statement_cache_size: int) -> apsw.Connection:
+def _connect(path: str, readonly: bool, statement_cache_size: int, vfs: str | None = None) -> apsw.Connection:
     flags = apsw.SQLITE_OPEN_READONLY
     if not readonly:
         flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
@@ -123,7 +129,7 @@ def _connect(path: str, readonly: bool, statement_cache_size: int) -> apsw.Conne
     # execute, so it stays at APSW's default size (100) rather than growing with ours.
     apsw_cache = max(16, min(100, statement_cache_size))
     try:
-        return apsw.Connection(path, flags=flags, statementcachesize=apsw_cache)
+        return apsw.Connection(path, flags=flags, statementcachesize=apsw_cache, vfs=vfs)
     except _OPEN_ERRORS as exc:
         raise DatabaseOpenError(f"cannot open database {path!r}: {exc}") from exc
 
@@ -134,6 +140,14 @@ def _configure(
     connection.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
     connection.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
     connection.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0)
+    # Wait for other processes from the very first read: several processes opening
+    # (or creating, or switching to WAL) the same file at once otherwise get
+    # "database is locked" before the busy_timeout pragma below is applied.
+    timeout = settings.get("busy_timeout")
+    if isinstance(timeout, int) and not isinstance(timeout, bool) and timeout >= 0:
+        connection.set_busy_timeout(timeout)
+    elif isinstance(timeout, str) and timeout.isdigit():
+        connection.set_busy_timeout(int(timeout))
     try:
         # Reading the schema first turns "not a database" into one clear error.
         connection.execute("SELECT count(*) FROM sqlite_schema").fetchall()
@@ -147,6 +161,120 @@ def _configure(
         ) from exc
     except (apsw.CantOpenError, apsw.IOError, apsw.PermissionsError, apsw.ReadOnlyError) as exc:
         raise DatabaseOpenError(f"cannot open database {path!r}: {exc}") from exc
+    if not readonly:
+        install_wal_guard(connection)
+
+
+#: The WAL may grow to this many times ``wal_autocheckpoint`` pages before a commit
+#: waits (up to ``busy_timeout``) for readers so that it can truncate the WAL.
+WAL_GUARD_FACTOR = 4
+
+
+class _WalGuard:
+    """Replacement for SQLite's autocheckpoint hook that readers cannot starve.
+
+    SQLite's own hook runs a PASSIVE checkpoint once the WAL holds
+    ``wal_autocheckpoint`` pages. A PASSIVE checkpoint cannot copy frames newer than
+    the oldest open read snapshot, and the WAL restarts from its beginning only
+    when it was fully copied while no reader used it, so a reader that keeps
+    querying while a writer keeps committing lets the WAL grow without limit
+    (measured: 100 MB in 8 s). This hook does the same PASSIVE checkpoint and, once
+    the WAL reaches ``WAL_GUARD_FACTOR`` times that size, a TRUNCATE checkpoint that
+    waits (busy handler) for the readers of older snapshots to finish, then empties
+    the WAL. If that wait times out it backs off for another such stretch rather
+    than stall every commit behind a long-lived reader. Errors never reach the
+    committing caller: the commit has already succeeded.
+    """
+
+    __slots__ = ("autocheckpoint", "next_truncate")
+
+    def __init__(self, autocheckpoint: int) -> None:
+        self.autocheckpoint = autocheckpoint
+        self.next_truncate = autocheckpoint * WAL_GUARD_FACTOR
+
+    def __call__(self, connection: apsw.Connection, dbname: str, frames: int) -> int:
+        if frames < self.autocheckpoint:
+            return apsw.SQLITE_OK
+        try:
+            if frames >= self.next_truncate:
+                timeout = connection.execute("PRAGMA busy_timeout").get
+                connection.set_busy_handler(_short_waits(timeout))
+                try:
+                    connection.wal_checkpoint(dbname, apsw.SQLITE_CHECKPOINT_TRUNCATE)
+                finally:
+                    connection.set_busy_timeout(timeout)
+                self.next_truncate = self.autocheckpoint * WAL_GUARD_FACTOR
+            else:
+                connection.wal_checkpoint(dbname, apsw.SQLITE_CHECKPOINT_PASSIVE)
+        except apsw.BusyError:
+            self.next_truncate = frames + self.autocheckpoint * WAL_GUARD_FACTOR
+        except apsw.Error as exc:  # e.g. an I/O error: the next commit tries again
+            logger.debug("automatic WAL checkpoint failed: %s", exc)
+        return apsw.SQLITE_OK
+
+
+def _short_waits(timeout_ms: int) -> Callable[[int], bool]:
+    """A busy handler polling every millisecond for up to ``timeout_ms``.
+
+    SQLite's own handler backs off to 100 ms sleeps, far longer than the queries a
+    truncating checkpoint waits for.
+    """
+    deadline = time.monotonic() + timeout_ms / 1000
+
+    def handler(attempts: int) -> bool:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.001)
+        return True
+
+    return handler
+
+
+_wal_guards: weakref.WeakKeyDictionary[apsw.Connection, _WalGuard] = weakref.WeakKeyDictionary()
+
+
+def install_wal_guard(connection: apsw.Connection) -> None:
+    """Take over ``wal_autocheckpoint`` with :class:`_WalGuard` (0 keeps checkpoints off).
+
+    SQLite then reports ``PRAGMA wal_autocheckpoint`` as 0; ``AppDatabase.pragma``
+    reports the guard's size instead.
+    """
+    pages = connection.execute("PRAGMA wal_autocheckpoint").get
+    if isinstance(pages, int) and pages > 0:
+        guard = _WalGuard(pages)
+        connection.set_wal_hook(guard)
+        _wal_guards[connection] = guard
+    else:
+        _wal_guards.pop(connection, None)
+
+
+_HEADER = b"SQLite format 3\x00"
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+def _file_intact(path: str, identity: tuple[int, int] | None) -> bool:
+    """The file at ``path`` is still the one opened, and still starts like a SQLite database.
+
+    A connection keeps writing to the file it opened even after that file was deleted
+    or replaced (everything written then is lost), and SQLite in WAL mode does not
+    notice a file overwritten behind its back until it reads the damaged pages.
+    """
+    try:
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            header = handle.read(len(_HEADER))
+    except OSError:
+        return False
+    if identity is not None and (info.st_dev, info.st_ino) != identity:
+        return False
+    return header == _HEADER or (header == b"" and info.st_size == 0)
 
 
 class AppDatabase:
@@ -180,6 +308,7 @@ class AppDatabase:
         self._path = path
         self._readonly = readonly
         self._memory = path in (":memory:", "")
+        self._identity = None if self._memory else _file_identity(path)
         self._savepoints = 0
         self.prepare = self._core.prepare
         self.migration_results = []
@@ -275,7 +404,7 @@ class AppDatabase:
                 if self._core.closed:
                     return False
                 self._core.connection.execute("SELECT count(*) FROM sqlite_schema").fetchall()
-            if not self._memory and not os.path.isfile(self._path):
+            if not self._memory and not _file_intact(self._path, self._identity):
                 return False
             return True
         except Exception:
@@ -365,6 +494,13 @@ class AppDatabase:
                     rows.append(row)
             finally:
                 cursor.close(True)
+            if sql.partition("=")[0].endswith("wal_autocheckpoint"):
+                connection = self._core.connection
+                if value is not None:
+                    if not self._readonly:  # SQLite re-installed its own hook: put the guard back
+                        install_wal_guard(connection)
+                elif connection in _wal_guards:
+                    rows = [(_wal_guards[connection].autocheckpoint,)]
         if not rows:
             return None
         if len(rows) == 1 and len(rows[0]) == 1:

@@ -56,6 +56,8 @@ def known_pragmas() -> frozenset[str]:
 def _split_name(name: object) -> tuple[str | None, str]:
     if not isinstance(name, str):
         raise InvalidPragmaError(f"pragma name must be a str, not {type(name).__name__}: {name!r}")
+    # an exact copy: a str subclass could override rpartition/lower/__format__ to smuggle SQL in
+    name = str.__str__(name)
     schema, dot, bare = name.rpartition(".")
     if dot and not _WORD.match(schema):
         raise InvalidPragmaError(f"invalid schema name in pragma {name!r}")
@@ -65,12 +67,14 @@ def _split_name(name: object) -> tuple[str | None, str]:
 
 
 def _value_sql(name: str, value: object) -> str:
+    # Exact copies of the data: an int or str subclass could override __str__ or
+    # __format__ to return text that was never validated (SQL injection).
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, int):
-        return str(value)
+        return int.__repr__(value)
     if isinstance(value, str) and (_WORD.match(value) or _INTEGER.match(value)):
-        return value
+        return str.__str__(value)
     raise InvalidPragmaError(
         f"invalid value {value!r} for pragma {name!r}: use an int or a simple word such as ON or WAL"
     )
@@ -96,5 +100,9 @@ def validate_pragmas(pragmas: Mapping[str, object] | None) -> dict[str, object]:
         if value is None:
             raise InvalidPragmaError(f"invalid value None for pragma {name!r}")
         pragma_sql(name, value)  # validates name and value
-        merged[name.lower()] = value
+        if isinstance(value, str):
+            value = str.__str__(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            value = int(value)
+        merged[str.__str__(name).lower()] = value
     return merged

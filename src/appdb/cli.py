@@ -1,0 +1,406 @@
+"""The ``appdb`` command line: migrations and maintenance of one database file.
+
+Exit codes: 0 ok, 1 failure, 2 usage error, 3 a destructive migration is waiting
+for approval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import apsw
+
+from . import __version__
+from .database import AppDatabase, init_database
+from .errors import Error
+from .migrations import MigrationResult, MigrationRunner, discover_migrations, verify_migrations
+from .migrations.discovery import FILE_PATTERN
+from .migrations.model import Migration
+
+__all__ = ["EXIT_APPROVAL", "EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_APPROVAL = 0, 1, 2, 3
+DEFAULT_DB = "./data/app.db"
+DEFAULT_MIGRATIONS = "./migrations"
+
+
+class UsageError(Exception):
+    """Bad arguments found after parsing (exit code 2)."""
+
+
+@dataclass
+class Report:
+    """What a command prints: text lines for people, ``data`` for ``--json``."""
+
+    code: int = EXIT_OK
+    lines: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+# -- output helpers -------------------------------------------------------------
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """Rows as an aligned text table."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    render = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return [render[0], "  ".join("-" * w for w in widths), *render[1:]]
+
+
+def _notes(result: MigrationResult) -> str:
+    notes = [f.message for f in result.detected]
+    if result.error is not None and result.status in ("failed", "blocked"):
+        notes.insert(0, str(result.error) if result.status == "failed" else "needs --allow-destructive")
+    return "; ".join(notes)
+
+
+def results_table(results: Sequence[MigrationResult]) -> list[str]:
+    """Migration results as a table with what detection found."""
+    rows = [
+        (r.version, r.name, r.status, "yes" if r.destructive else "", f"{r.duration_ms:.1f}", _notes(r))
+        for r in results
+    ]
+    return table(("version", "name", "status", "declared destructive", "ms", "notes"), rows)
+
+
+def exit_code(results: Sequence[MigrationResult]) -> int:
+    """1 when a migration failed, 3 when one waits for approval, else 0."""
+    statuses = {r.status for r in results}
+    if "failed" in statuses:
+        return EXIT_FAILURE
+    if "blocked" in statuses:
+        return EXIT_APPROVAL
+    return EXIT_OK
+
+
+# -- opening ----------------------------------------------------------------------
+def _open(args: argparse.Namespace, *, create: bool, readonly: bool = False) -> AppDatabase:
+    path = args.db
+    if not create and not os.path.exists(path):
+        raise Error(f"database {path!r} does not exist")
+    return init_database(path, readonly=readonly, run_migrations=False)
+
+
+def _open_or_empty(args: argparse.Namespace, *, readonly: bool = True) -> tuple[AppDatabase, bool]:
+    """The database (read-only unless asked), or an empty in-memory one when it does not exist yet."""
+    if os.path.exists(args.db):
+        return init_database(args.db, readonly=readonly, run_migrations=False), True
+    return init_database(":memory:", run_migrations=False), False
+
+
+def _migrations(args: argparse.Namespace) -> list[Migration]:
+    return discover_migrations(args.migrations)
+
+
+# -- commands -----------------------------------------------------------------------
+def cmd_migrate(args: argparse.Namespace) -> Report:
+    migrations = _migrations(args)
+    db = _open(args, create=True) if not args.dry_run else _open_or_empty(args)[0]
+    with db:
+        results = MigrationRunner(db).run_migrations(
+            migrations,
+            dry_run=args.dry_run,
+            allow_destructive=args.allow_destructive,
+            target=args.to,
+            repair_checksums=args.repair,
+        )
+        version = db.get_schema_version()
+    report = Report(exit_code(results), data={"dry_run": args.dry_run, "version": version})
+    report.data["results"] = [r.as_dict() for r in results]
+    if results:
+        report.lines += results_table(results)
+    verb = "would apply" if args.dry_run else "applied"
+    done = sum(r.status in ("applied", "pending") for r in results)
+    report.lines.append(f"{verb} {done} migration(s); the database is at version {version}")
+    report.lines += _advice(results)
+    return report
+
+
+def _advice(results: Sequence[MigrationResult]) -> list[str]:
+    blocked = [r for r in results if r.status == "blocked"]
+    if not blocked:
+        return []
+    return [str(blocked[0].error)]
+
+
+def cmd_status(args: argparse.Namespace) -> Report:
+    migrations = _migrations(args)
+    db, exists = _open_or_empty(args)
+    with db:
+        runner = MigrationRunner(db)
+        applied = runner.get_applied_migrations()
+        waiting = runner.run_migrations(migrations, dry_run=True)
+        problems = runner.validate(migrations).problems()
+        version = db.get_schema_version()
+    report = Report(exit_code(waiting))
+    report.data = {
+        "database": args.db,
+        "exists": exists,
+        "version": version,
+        "applied": [a.as_dict() for a in applied],
+        "pending": [r.as_dict() for r in waiting],
+        "problems": problems,
+    }
+    report.lines.append(
+        f"database {args.db}: version {version}" + ("" if exists else " (it does not exist yet)")
+    )
+    rows: list[tuple[object, ...]] = [(a.version, a.name, "applied", a.applied_at) for a in applied]
+    rows += [(r.version, r.name, r.status, _notes(r)) for r in waiting]
+    if rows:
+        report.lines += table(("version", "name", "state", "applied at / notes"), rows)
+    report.lines.append(f"{len(applied)} applied, {len(waiting)} pending")
+    report.lines += [f"problem: {p}" for p in problems]
+    report.lines += _advice(waiting)
+    return report
+
+
+def cmd_rollback(args: argparse.Namespace) -> Report:
+    migrations = _migrations(args)
+    with _open(args, create=False) as db:
+        results = MigrationRunner(db).rollback(
+            migrations, to_version=args.to, allow_destructive=args.allow_destructive
+        )
+        version = db.get_schema_version()
+    report = Report(exit_code(results), data={"version": version, "results": [r.as_dict() for r in results]})
+    if results:
+        report.lines += results_table(results)
+    done = sum(r.status == "rolled_back" for r in results)
+    report.lines.append(f"rolled back {done} migration(s); the database is at version {version}")
+    blocked = [r for r in results if r.status == "blocked"]
+    if blocked:
+        report.lines.append(str(blocked[0].error))
+    return report
+
+
+_PY_TEMPLATE = '''"""Migration {version}: {name}."""
+
+from appdb import AppDatabase
+
+# destructive = True  # uncomment when up() may lose data (it then needs approval)
+
+
+def up(db: AppDatabase) -> None:
+    db.exec(
+        """
+        -- CREATE TABLE example (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+        """
+    )
+
+
+def down(db: AppDatabase) -> None:
+    db.exec(
+        """
+        -- DROP TABLE example;
+        """
+    )
+'''
+
+_SQL_TEMPLATE = """-- Migration {version}: {name}
+-- destructive: false
+-- migrate:up
+-- CREATE TABLE example (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+SELECT 1;
+
+-- migrate:down
+-- DROP TABLE example;
+SELECT 1;
+"""
+
+
+def cmd_new(args: argparse.Namespace) -> Report:
+    name = re.sub(r"[^a-z0-9]+", "_", args.name.lower()).strip("_")
+    if not name:
+        raise UsageError(f"migration name {args.name!r} has no letters or digits")
+    folder = args.migrations
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise Error(f"{folder!r} is not a directory")
+    os.makedirs(folder, exist_ok=True)
+    matches = [m for m in map(FILE_PATTERN.match, os.listdir(folder)) if m]
+    version = max((int(m["version"]) for m in matches), default=0) + 1
+    width = max([3, *(len(m["version"]) for m in matches)])
+    extension = "sql" if args.sql else "py"
+    path = os.path.join(folder, f"{version:0{width}d}_{name}.{extension}")
+    template = _SQL_TEMPLATE if args.sql else _PY_TEMPLATE
+    with open(path, "x", encoding="utf-8") as handle:
+        handle.write(template.format(version=version, name=name))
+    return Report(lines=[f"created {path}"], data={"path": path, "version": version, "name": name})
+
+
+def cmd_validate(args: argparse.Namespace) -> Report:
+    migrations = _migrations(args)
+    db, exists = _open_or_empty(args, readonly=not args.repair)
+    with db:
+        runner = MigrationRunner(db)
+        repaired = runner.repair(migrations) if args.repair and exists else []
+        result = runner.validate(migrations)
+    report = Report(EXIT_OK if result.ok else EXIT_FAILURE, data=result.as_dict())
+    report.data["repaired"] = [a.as_dict() for a in repaired]
+    report.lines += [f"re-recorded the checksum of migration {a.version} ({a.name})" for a in repaired]
+    report.lines += [f"problem: {p}" for p in result.problems()]
+    report.lines.append(
+        "ok: migrations match the database" if result.ok else f"{len(result.problems())} problem(s)"
+    )
+    return report
+
+
+def cmd_verify(args: argparse.Namespace) -> Report:
+    migrations = _migrations(args)
+    if os.path.exists(args.db):
+        with _open(args, create=False, readonly=True) as db:
+            reports = verify_migrations(db, migrations)
+    else:
+        reports = verify_migrations(None, migrations)
+    bad = [r for r in reports if not r.ok]
+    report = Report(
+        EXIT_FAILURE if bad else EXIT_OK, data={"ok": not bad, "migrations": [r.as_dict() for r in reports]}
+    )
+    rows = [(r.version, r.name, "ok" if r.ok else "PROBLEM", "; ".join(r.problems)) for r in reports]
+    if rows:
+        report.lines += table(("version", "name", "result", "problems"), rows)
+    report.lines.append(f"{len(reports) - len(bad)} of {len(reports)} pending migration(s) are reversible")
+    return report
+
+
+def cmd_health(args: argparse.Namespace) -> Report:
+    with _open(args, create=False, readonly=True) as db:
+        healthy = db.is_healthy()
+        check = db.pragma("quick_check")
+        info: dict[str, Any] = {
+            "database": args.db,
+            "healthy": healthy,
+            "quick_check": check if isinstance(check, str) else [r.get("quick_check") for r in check],
+            "schema_version": db.get_schema_version(),
+            "journal_mode": db.pragma("journal_mode"),
+            "page_count": db.pragma("page_count"),
+            "page_size": db.pragma("page_size"),
+            "wal_bytes": os.path.getsize(args.db + "-wal") if os.path.exists(args.db + "-wal") else 0,
+        }
+        if os.path.exists(args.migrations) or not args.migrations_default:
+            info["pending_migrations"] = len(MigrationRunner(db).pending(_migrations(args)))
+    ok = healthy and info["quick_check"] == "ok"
+    report = Report(EXIT_OK if ok else EXIT_FAILURE, data=info)
+    report.lines += [f"{key}: {value}" for key, value in info.items()]
+    return report
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> Report:
+    with _open(args, create=False) as db:
+        result = db.checkpoint(args.mode)
+    data = {
+        "mode": args.mode,
+        "wal_frames": result.wal_frames,
+        "checkpointed_frames": result.checkpointed_frames,
+    }
+    return Report(
+        data=data,
+        lines=[f"checkpoint ({args.mode}): {result.checkpointed_frames} of {result.wal_frames} frames"],
+    )
+
+
+def cmd_backup(args: argparse.Namespace) -> Report:
+    with _open(args, create=False) as db:
+        dest = db.backup(args.dest, overwrite=args.overwrite)
+    return Report(
+        data={"backup": dest, "bytes": os.path.getsize(dest)}, lines=[f"backed up {args.db} to {dest}"]
+    )
+
+
+# -- parser ---------------------------------------------------------------------------
+def _version(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a version number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a version must be 0 or more, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``appdb`` command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=argparse.SUPPRESS, help=f"database file (default {DEFAULT_DB})")
+    common.add_argument(
+        "--migrations",
+        default=argparse.SUPPRESS,
+        help=f"migrations directory or package (default {DEFAULT_MIGRATIONS})",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    parser = argparse.ArgumentParser(
+        prog="appdb",
+        parents=[common],
+        description="Migrate and maintain an appdb SQLite database.",
+        epilog="exit codes: 0 ok, 1 failure, 2 usage error, 3 a destructive migration awaits approval",
+    )
+    parser.add_argument("--version", action="version", version=f"appdb {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], Report], text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=text, description=text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = add("migrate", cmd_migrate, "apply pending migrations")
+    sub.add_argument("--dry-run", action="store_true", help="run them on a private copy and report")
+    sub.add_argument("--allow-destructive", action="store_true", help="approve migrations that destroy data")
+    sub.add_argument("--to", type=_version, default=None, metavar="V", help="stop at version V")
+    sub.add_argument(
+        "--repair", action="store_true", help="re-record checksums of changed applied migrations"
+    )
+    add("status", cmd_status, "applied and pending migrations, with what detection found")
+    sub = add("rollback", cmd_rollback, "run down steps back to a version")
+    sub.add_argument("--to", type=_version, required=True, metavar="V", help="the version to end at")
+    sub.add_argument("--allow-destructive", action="store_true", help="approve down steps that destroy data")
+    sub = add("new", cmd_new, "create the next-numbered migration file from a template")
+    sub.add_argument("name", help="what the migration does, e.g. add_audit_log")
+    sub.add_argument("--sql", action="store_true", help="an .sql file instead of a .py file")
+    sub = add("validate", cmd_validate, "check applied migrations against their files")
+    sub.add_argument(
+        "--repair", action="store_true", help="re-record checksums of changed applied migrations"
+    )
+    add("verify", cmd_verify, "apply up, down, up on a private copy and report what is not reversible")
+    add("health", cmd_health, "check the database file")
+    sub = add("checkpoint", cmd_checkpoint, "run a WAL checkpoint")
+    sub.add_argument("--mode", choices=("passive", "full", "restart", "truncate"), default="passive")
+    sub = add("backup", cmd_backup, "write a consistent copy of the database")
+    sub.add_argument("dest", help="path of the copy")
+    sub.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    return parser
+
+
+def _emit(report: Report, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        payload = {"ok": report.code == EXIT_OK, "exit_code": report.code, **report.data}
+        out.write(json.dumps(payload, indent=2, default=str) + "\n")
+    else:
+        out.write("\n".join(report.lines) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``appdb`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.migrations_default = not hasattr(args, "migrations")
+    args.db = getattr(args, "db", DEFAULT_DB)
+    args.migrations = getattr(args, "migrations", DEFAULT_MIGRATIONS)
+    as_json = bool(getattr(args, "json", False))
+    try:
+        report: Report = args.handler(args)
+    except UsageError as exc:
+        parser.error(str(exc))
+    except (Error, apsw.Error, OSError, ValueError) as exc:
+        message = str(exc) if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
+        if as_json:
+            _emit(Report(EXIT_FAILURE, data={"error": message}), True, sys.stdout)
+        print(f"appdb: error: {message}", file=sys.stderr)
+        return EXIT_FAILURE
+    _emit(report, as_json, sys.stdout)
+    return report.code

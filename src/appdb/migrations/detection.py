@@ -1,0 +1,256 @@
+"""Data-loss detection by execution: an authorizer log plus a schema and row-count diff.
+
+Before a migration runs, :func:`capture` records every table of ``main`` with its
+columns, row count and non-null count per column (one scan per table). While it
+runs, :class:`Watcher` (SQLite's authorizer) logs drops, column drops, renames and
+deletes, and refuses statements that would break the migration's transaction.
+Afterwards :func:`diff` compares the two states: a table rebuild that keeps its
+rows is a modification; lost tables, columns or rows holding data are data loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import apsw
+
+from .._constants import MIGRATIONS_TABLE
+from .model import Finding
+
+__all__ = ["SchemaState", "TableState", "Watcher", "capture", "diff", "plural"]
+
+
+def plural(count: int, noun: str) -> str:
+    """``"1,234 rows"``, ``"1 row"``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def quote(name: str) -> str:
+    """An SQL identifier in double quotes."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class TableState:
+    """One table: its stored columns in order, its rows and non-null values per column."""
+
+    name: str
+    columns: tuple[str, ...]
+    rows: int
+    non_null: dict[str, int]
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """The tables of ``main`` and its other schema objects (``(type, name) -> table name``)."""
+
+    tables: dict[str, TableState]
+    objects: dict[tuple[str, str], str]
+
+
+def capture(connection: apsw.Connection) -> SchemaState:
+    """Record the tables, columns, row counts and other schema objects of ``main``."""
+    tables: dict[str, TableState] = {}
+    names = [
+        row[0]
+        for row in connection.execute(
+            "SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'table'"
+        )
+        if not row[0].startswith("sqlite_") and row[0] != MIGRATIONS_TABLE
+    ]
+    for name in names:
+        columns = tuple(
+            row[0]
+            for row in connection.execute(
+                "SELECT name FROM pragma_table_xinfo(?, 'main') WHERE hidden = 0", (name,)
+            )
+        )
+        counts = ", ".join(["count(*)", *(f"count({quote(c)})" for c in columns)])
+        values = connection.execute(f"SELECT {counts} FROM main.{quote(name)}").get
+        assert isinstance(values, tuple)
+        tables[name] = TableState(name, columns, int(values[0]), dict(zip(columns, map(int, values[1:]))))
+    objects: dict[tuple[str, str], str] = {
+        (row[0], row[1]): row[2]
+        for row in connection.execute(
+            "SELECT type, name, tbl_name FROM main.sqlite_schema WHERE type IN ('index', 'view', 'trigger')"
+        )
+        if not row[1].startswith("sqlite_")
+    }
+    return SchemaState(tables, objects)
+
+
+@dataclass
+class Watcher:
+    """Authorizer that logs what a migration does and refuses what would break its transaction.
+
+    In a transactional migration ``BEGIN``/``COMMIT``/``ROLLBACK`` and setting
+    ``PRAGMA foreign_keys`` are refused (the first would end the migration's own
+    transaction, the second is a no-op inside one); ``refusals`` says why.
+    """
+
+    connection: apsw.Connection | None = None
+    transactional: bool = True
+    dropped_tables: set[str] = field(default_factory=set)
+    altered_tables: set[str] = field(default_factory=set)
+    dropped_columns: set[tuple[str, str]] = field(default_factory=set)
+    deleted_from: set[str] = field(default_factory=set)
+    refusals: list[str] = field(default_factory=list)
+    _previous: Callable[..., int] | None = None
+
+    def __enter__(self) -> Watcher:
+        assert self.connection is not None
+        self._previous = self.connection.authorizer
+        self.connection.authorizer = self._authorize
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self.connection is not None
+        self.connection.authorizer = self._previous
+
+    def _authorize(self, op: int, p1: str | None, p2: str | None, dbname: str | None, source: Any) -> int:
+        if op == apsw.SQLITE_TRANSACTION and self.transactional:
+            self.refusals.append(
+                f"it runs {p1} itself; a transactional migration already runs inside a transaction "
+                "(remove it, or mark the migration transactional=False)"
+            )
+            return apsw.SQLITE_DENY
+        if op == apsw.SQLITE_PRAGMA and self.transactional and (p1 or "").lower() == "foreign_keys" and p2:
+            self.refusals.append(
+                "it sets PRAGMA foreign_keys, which SQLite ignores inside a transaction "
+                "(declare foreign_keys=False on the migration, or '-- foreign_keys: off' in an SQL file)"
+            )
+            return apsw.SQLITE_DENY
+        if dbname == "main" or op == apsw.SQLITE_ALTER_TABLE:
+            self._log(op, p1, p2, dbname)
+        if self._previous is not None:
+            return self._previous(op, p1, p2, dbname, source)
+        return apsw.SQLITE_OK
+
+    def _log(self, op: int, p1: str | None, p2: str | None, dbname: str | None) -> None:
+        if op == apsw.SQLITE_DROP_TABLE and p1:
+            self.dropped_tables.add(p1)
+        elif op == apsw.SQLITE_DELETE and p1 and not p1.startswith("sqlite_"):
+            self.deleted_from.add(p1)
+        elif op == apsw.SQLITE_ALTER_TABLE and p1 == "main" and p2:
+            self.altered_tables.add(p2)
+            if dbname:  # ALTER TABLE ... DROP COLUMN passes the column here
+                self.dropped_columns.add((p2, dbname))
+
+
+def diff(before: SchemaState, after: SchemaState, watcher: Watcher | None) -> list[Finding]:
+    """What changed between two states; findings with ``loses_data`` need approval."""
+    log = watcher or Watcher()
+    findings: list[Finding] = []
+    created = {name: t for name, t in after.tables.items() if name not in before.tables}
+    for name, old in before.tables.items():
+        new = after.tables.get(name)
+        if new is None:
+            findings.append(_vanished_table(old, created, log))
+            continue
+        findings.extend(_changed_table(old, new, log))
+    for (kind, name), table in before.objects.items():
+        if (kind, name) in after.objects:
+            continue
+        if kind in ("index", "trigger") and table not in after.tables:
+            continue  # went with its table, whose finding says so
+        findings.append(Finding(f"drop_{kind}", name, f"drops {kind} {name}", loses_data=False))
+    return findings
+
+
+def _vanished_table(old: TableState, created: dict[str, TableState], log: Watcher) -> Finding:
+    name = old.name
+    if name in log.altered_tables:
+        for new_name, new in created.items():
+            if new.columns == old.columns and new.rows == old.rows:
+                del created[new_name]
+                return Finding("rename_table", name, f"renames table {name} to {new_name}", loses_data=False)
+    if old.rows:
+        return Finding(
+            "drop_table",
+            name,
+            f"drops table {name} ({plural(old.rows, 'row')})",
+            loses_data=True,
+            count=old.rows,
+        )
+    return Finding("drop_table", name, f"drops table {name} (it was empty)", loses_data=False)
+
+
+def _changed_table(old: TableState, new: TableState, log: Watcher) -> list[Finding]:
+    name = old.name
+    findings: list[Finding] = []
+    for position, column in enumerate(old.columns):
+        if column in new.columns:
+            continue
+        values = old.non_null[column]
+        renamed_to = _renamed_column(old, new, position, log)
+        if renamed_to is not None and (name, column) not in log.dropped_columns:
+            findings.append(
+                Finding(
+                    "rename_column",
+                    name,
+                    f"renames column {name}.{column} to {name}.{renamed_to}",
+                    loses_data=False,
+                    column=column,
+                )
+            )
+        elif values:
+            findings.append(
+                Finding(
+                    "drop_column",
+                    name,
+                    f"drops column {name}.{column} ({plural(values, 'non-null value')})",
+                    loses_data=True,
+                    column=column,
+                    count=values,
+                )
+            )
+        else:
+            findings.append(
+                Finding(
+                    "drop_column", name, f"drops column {name}.{column} (it held no values)", False, column
+                )
+            )
+    if new.rows < old.rows:
+        lost = old.rows - new.rows
+        findings.append(
+            Finding(
+                "delete_rows",
+                name,
+                f"deletes {plural(lost, 'row')} from {name} ({old.rows:,} -> {new.rows:,})",
+                loses_data=True,
+                count=lost,
+            )
+        )
+    elif name in log.deleted_from and name not in log.dropped_tables:
+        findings.append(
+            Finding(
+                "delete_rows",
+                name,
+                f"deletes rows from {name}, but the table did not shrink ({old.rows:,} -> {new.rows:,} rows)",
+                loses_data=False,
+            )
+        )
+    if name in log.dropped_tables and not any(f.loses_data for f in findings):
+        findings.append(
+            Finding(
+                "rebuild_table", name, f"rebuilds table {name} (all {plural(old.rows, 'row')} kept)", False
+            )
+        )
+    return findings
+
+
+def _renamed_column(old: TableState, new: TableState, position: int, log: Watcher) -> str | None:
+    """The new name of a column ``ALTER TABLE ... RENAME COLUMN`` renamed in place, if any."""
+    if old.name not in log.altered_tables or old.name in log.dropped_tables or position >= len(new.columns):
+        return None
+    candidate = new.columns[position]
+    if candidate in old.columns or len(new.columns) < len(old.columns):
+        return None
+    if new.non_null.get(candidate) != old.non_null[old.columns[position]]:
+        return None
+    return candidate

@@ -1,0 +1,209 @@
+"""Value types of the migration system: migrations, results, findings, reports."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Union
+
+if TYPE_CHECKING:
+    from ..database import AppDatabase
+
+__all__ = [
+    "AppliedMigration",
+    "Finding",
+    "Migration",
+    "MigrationResult",
+    "Status",
+    "Step",
+    "ValidationReport",
+    "checksum_text",
+]
+
+#: A migration step: SQL text run as a script, or a callable taking the ``AppDatabase``.
+Step = Union[str, Callable[["AppDatabase"], object]]  # noqa: UP007 (runtime alias, Python 3.10)
+
+Status = Literal["applied", "pending", "blocked", "skipped", "failed", "rolled_back"]
+
+
+def checksum_text(text: str) -> str:
+    """SHA-256 of ``text`` with line endings normalised to ``\\n`` (hex digest)."""
+    normalised = text.replace("\r\n", "\n").replace("\r", "\n")
+    return hashlib.sha256(normalised.encode("utf-8")).hexdigest()
+
+
+def _step_text(step: Step | None) -> str:
+    if step is None:
+        return ""
+    if isinstance(step, str):
+        return step
+    try:
+        return inspect.getsource(step)
+    except (OSError, TypeError):
+        return f"{getattr(step, '__module__', '')}.{getattr(step, '__qualname__', repr(step))}"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change: ``up`` (and optionally ``down``) as SQL text or a callable.
+
+    ``destructive=True`` declares that ``up`` may lose data, so it is applied only
+    when approved. ``transactional=False`` runs ``up``/``down`` outside any
+    transaction (for statements such as ``VACUUM``): such a migration is not atomic,
+    is not undone on failure and may run twice when processes race, so keep it
+    idempotent. ``foreign_keys=False`` runs it with foreign-key enforcement off
+    (needed to rebuild a table) and checks every foreign key before committing.
+    ``checksum`` defaults to a hash of ``up`` and ``down``; discovery sets it to the
+    hash of the file and ``source`` to the file's path.
+    """
+
+    version: int
+    name: str
+    up: Step
+    down: Step | None = None
+    destructive: bool = False
+    transactional: bool = True
+    foreign_keys: bool = True
+    checksum: str = ""
+    source: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
+            raise ValueError(f"migration version must be an int >= 1, not {self.version!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"migration {self.version} needs a non-empty name, not {self.name!r}")
+        for label, step in (("up", self.up), ("down", self.down)):
+            if step is None and label == "down":
+                continue
+            if not (isinstance(step, str) or callable(step)):
+                raise TypeError(
+                    f"migration {self.label}: {label} must be SQL text or a callable, "
+                    f"not {type(step).__name__}"
+                )
+        if not self.checksum:
+            text = f"{_step_text(self.up)}\n-- down\n{_step_text(self.down)}"
+            object.__setattr__(self, "checksum", checksum_text(text))
+
+    @property
+    def label(self) -> str:
+        """``"3 (add_audit_log)"``, plus the file when known: used in every message."""
+        where = f" from {self.source}" if self.source else ""
+        return f"{self.version} ({self.name}){where}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing detection saw a migration do; ``loses_data`` findings need approval."""
+
+    kind: str
+    table: str
+    message: str
+    loses_data: bool
+    column: str | None = None
+    count: int = 0
+
+    def __str__(self) -> str:
+        return self.message
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready dict."""
+        return {
+            "kind": self.kind,
+            "table": self.table,
+            "column": self.column,
+            "count": self.count,
+            "loses_data": self.loses_data,
+            "message": self.message,
+        }
+
+
+@dataclass
+class MigrationResult:
+    """What happened to one migration in a run or rollback."""
+
+    version: int
+    name: str
+    status: Status
+    destructive: bool = False
+    duration_ms: float = 0.0
+    error: BaseException | None = None
+    detected: list[Finding] = field(default_factory=list)
+
+    @property
+    def loses_data(self) -> bool:
+        """True when detection found data loss."""
+        return any(f.loses_data for f in self.detected)
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready dict (``error`` as its message)."""
+        return {
+            "version": self.version,
+            "name": self.name,
+            "status": self.status,
+            "destructive": self.destructive,
+            "duration_ms": round(self.duration_ms, 3),
+            "error": None if self.error is None else str(self.error),
+            "error_type": None if self.error is None else type(self.error).__name__,
+            "detected": [f.as_dict() for f in self.detected],
+        }
+
+
+@dataclass(frozen=True)
+class AppliedMigration:
+    """A row of the bookkeeping table: a migration applied to this database."""
+
+    version: int
+    name: str
+    applied_at: str
+    checksum: str
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready dict."""
+        return {
+            "version": self.version,
+            "name": self.name,
+            "applied_at": self.applied_at,
+            "checksum": self.checksum,
+        }
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What ``MigrationRunner.validate`` found; ``ok`` when nothing is wrong."""
+
+    changed: tuple[AppliedMigration, ...] = ()
+    missing: tuple[AppliedMigration, ...] = ()
+    out_of_order: tuple[Migration, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when no applied migration changed or vanished and none is out of order."""
+        return not (self.changed or self.missing or self.out_of_order)
+
+    def problems(self) -> list[str]:
+        """One readable sentence per problem."""
+        lines = [
+            f"migration {a.version} ({a.name}) changed after it was applied (checksum differs)"
+            for a in self.changed
+        ]
+        lines += [
+            f"migration {a.version} ({a.name}) is applied but its file is missing" for a in self.missing
+        ]
+        lines += [
+            f"migration {m.version} ({m.name}) is pending but older than the newest applied one "
+            "(out of order)"
+            for m in self.out_of_order
+        ]
+        return lines
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready dict."""
+        return {
+            "ok": self.ok,
+            "changed": [a.as_dict() for a in self.changed],
+            "missing": [a.as_dict() for a in self.missing],
+            "out_of_order": [{"version": m.version, "name": m.name} for m in self.out_of_order],
+            "problems": self.problems(),
+        }

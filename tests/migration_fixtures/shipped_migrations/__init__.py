@@ -1,0 +1,1 @@
+"""Migrations shipped inside a package, found through importlib.resources."""
