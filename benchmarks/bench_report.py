@@ -1,0 +1,373 @@
+"""Reporting: machine description, results tables, target verdicts, JSON and the plot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+
+from bench_contenders import CONTENDER_KEYS, Contender
+from bench_measure import Settings, TrialResult
+
+__all__ = [
+    "TARGETS",
+    "Results",
+    "machine_info",
+    "matplotlib_available",
+    "memory_table",
+    "plot",
+    "results_table",
+    "to_json",
+    "verdicts",
+]
+
+_HEADS = {
+    "appdb": ("appdb", "compiled", "dicts"),
+    "appdb-py": ("appdb", "pure Python", "dicts"),
+    "apsw": ("raw APSW", "", "tuples"),
+    "sqlite3": ("sqlite3", "stdlib", "tuples"),
+    "sqlite3-dict": ("sqlite3", "stdlib", "dicts"),
+}
+_LABEL_WIDTH = 35
+_UNIT_WIDTH = 9
+_CELL = 13
+MB = 1_000_000
+
+
+@dataclass
+class Results:
+    """Everything one run measured."""
+
+    settings: Settings
+    contenders: list[Contender]
+    unavailable: dict[str, str]
+    trials: dict[str, TrialResult]
+    memory: dict[str, dict[str, Any]]
+
+    def keys(self) -> list[str]:
+        present = {c.key for c in self.contenders}
+        return [k for k in CONTENDER_KEYS if k in present]
+
+
+def machine_info() -> dict[str, str]:
+    """CPU, core count, OS, Python and library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import appdb
+
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "os": platform.platform(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "apsw": apsw.apsw_version(),
+        "apsw_sqlite": apsw.sqlite_lib_version(),
+        "stdlib_sqlite": sqlite3.sqlite_version,
+        "appdb": f"{appdb.__version__} ({os.path.dirname(appdb.__file__)})",
+    }
+
+
+def fmt_us(value: float | None) -> str:
+    """Microseconds with about three significant digits."""
+    if value is None:
+        return "—"
+    if value < 1:
+        return f"{value:.3f}"
+    if value < 10:
+        return f"{value:.2f}"
+    if value < 100:
+        return f"{value:.1f}"
+    return f"{value:,.0f}"
+
+
+def _cells(result: TrialResult, keys: list[str], rows: dict[str, str]) -> tuple[list[str], list[str]]:
+    times: list[str] = []
+    ratios: list[str] = []
+    for key in keys:
+        median = result.median(key)
+        if median is None:
+            times.append("n/a" if key in result.skipped else "—")
+            ratios.append("")
+            continue
+        spread = result.spread(key)
+        times.append(fmt_us(median) + (f" ±{spread / 2:.0%}" if spread is not None else ""))
+        base = result.baseline(rows[key])
+        if result.trial.kind == "prepare" or base not in result.samples:
+            ratios.append("")
+        elif base == key:
+            ratios.append("1 (base)")
+        else:
+            ratio = result.ratio(base, key)
+            ratios.append(f"{ratio:.2f}x" if ratio is not None else "")
+    return times, ratios
+
+
+def _head(keys: list[str], first: str, second: str) -> list[str]:
+    lines = []
+    for row, label in enumerate((first, second, "")):
+        lines.append(label.ljust(_LABEL_WIDTH) + "".join(_HEADS[k][row].rjust(_CELL) for k in keys))
+    return lines
+
+
+def results_table(results: Results) -> str:
+    """The main table: µs per operation and speed-up against stdlib sqlite3, per trial."""
+    keys = results.keys()
+    rows = {c.key: c.rows for c in results.contenders}
+    lines = _head(keys, "", f"{'trial':<{_LABEL_WIDTH - _UNIT_WIDTH}}{'µs per':>{_UNIT_WIDTH}}")
+    lines.append("-" * len(lines[0]))
+    for result in results.trials.values():
+        times, ratios = _cells(result, keys, rows)
+        label = f"{result.title:<{_LABEL_WIDTH - _UNIT_WIDTH}}{result.trial.unit:>{_UNIT_WIDTH}}"
+        lines.append(label + "".join(t.rjust(_CELL) for t in times))
+        if any(ratios):
+            lines.append(
+                "  speed-up vs sqlite3".ljust(_LABEL_WIDTH) + "".join(r.rjust(_CELL) for r in ratios)
+            )
+    return "\n".join(lines)
+
+
+def markdown_table(results: Results) -> str:
+    """The same figures as a Markdown table (µs per operation, speed-up vs sqlite3)."""
+    keys = results.keys()
+    rows = {c.key: c.rows for c in results.contenders}
+    head = "| trial (µs per) | " + " | ".join(" ".join(w for w in _HEADS[k] if w) for k in keys) + " |"
+    lines = [head, "|---|" + "---:|" * len(keys)]
+    for result in results.trials.values():
+        times, ratios = _cells(result, keys, rows)
+        cells = [f"{t} µs" + (f" ({r})" if r and r != "1 (base)" else "") for t, r in zip(times, ratios)]
+        cells = [c.replace("n/a µs", "n/a").replace("— µs", "—") for c in cells]
+        lines.append(f"| {result.title} ({result.trial.unit}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def memory_table(results: Results) -> str:
+    """Peak memory of the full scan, per contender, in MB (10^6 bytes)."""
+    keys = [k for k in results.keys() if k in results.memory]
+    if not keys:
+        return ""
+    rows_label = f"{results.settings.scan_rows:,}"
+    lines = [
+        f"Peak memory of iterate over {rows_label} rows, in MB (10^6 bytes); a fresh process per contender",
+        *_head(keys, "", ""),
+    ]
+    for field, label in (
+        ("rss_warm_bytes", "RSS growth, warm page cache"),
+        ("rss_cold_bytes", "RSS growth, cold page cache"),
+        ("python_heap_bytes", "Python heap peak (tracemalloc)"),
+    ):
+        cells = []
+        for key in keys:
+            value = results.memory[key].get(field)
+            cells.append("n/a" if value is None else f"{value / MB:.1f}")
+        lines.append(label.ljust(_LABEL_WIDTH) + "".join(c.rjust(_CELL) for c in cells))
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One speed or memory target of the compiled path (issue 4)."""
+
+    text: str
+    limit: float
+    at_most: bool  # True: value <= limit; False: value >= limit
+    unit: str
+    measure: Callable[[Results], tuple[float | None, str]]
+
+    def judge(self, results: Results) -> tuple[str, float | None, str]:
+        value, detail = self.measure(results)
+        if value is None:
+            return "not measured", None, detail
+        met = value <= self.limit if self.at_most else value >= self.limit
+        return ("met" if met else "NOT MET"), value, detail
+
+
+def _ratio(trial: str, slower: str, faster: str) -> Callable[[Results], tuple[float | None, str]]:
+    def measure(results: Results) -> tuple[float | None, str]:
+        result = results.trials.get(trial)
+        if result is None:
+            return None, f"trial {trial!r} not run"
+        value = result.ratio(slower, faster)
+        a, b = result.median(slower), result.median(faster)
+        if value is None or a is None or b is None:
+            return None, f"needs {slower} and {faster}"
+        return value, f"{slower} {fmt_us(a)} µs vs {faster} {fmt_us(b)} µs"
+
+    return measure
+
+
+def _prepare_time(results: Results) -> tuple[float | None, str]:
+    result = results.trials.get("prepare")
+    value = result.median("appdb") if result else None
+    if value is None:
+        return None, "needs appdb (compiled) and the prepare trial"
+    return value, "median per call, loop overhead included"
+
+
+def _scan_memory(results: Results) -> tuple[float | None, str]:
+    memory = results.memory.get("appdb")
+    if not memory or memory.get("rss_warm_bytes") is None:
+        return None, "needs appdb (compiled), the scan trial and Linux /proc"
+    heap = memory["python_heap_bytes"] / MB
+    cold = memory["rss_cold_bytes"] / MB
+    detail = (
+        f"RSS growth over {results.settings.scan_rows:,} rows with a warm page cache; "
+        f"Python heap peak {heap:.1f} MB; cold-cache RSS growth {cold:.1f} MB (SQLite page cache)"
+    )
+    return memory["rss_warm_bytes"] / MB, detail
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("get as dict vs raw APSW tuple: at most", 1.15, True, "x", _ratio("get", "appdb", "apsw")),
+    Target(
+        "get as dict, faster than sqlite3 dicts: at least",
+        1.8,
+        False,
+        "x",
+        _ratio("get", "sqlite3-dict", "appdb"),
+    ),
+    Target(
+        "all 100 dicts, faster than sqlite3 dicts: at least",
+        2.0,
+        False,
+        "x",
+        _ratio("all", "sqlite3-dict", "appdb"),
+    ),
+    Target(
+        "run in a transaction vs raw APSW: at most", 1.15, True, "x", _ratio("insert_in_txn", "appdb", "apsw")
+    ),
+    Target("run_many vs raw APSW: at most", 1.15, True, "x", _ratio("run_many", "appdb", "apsw")),
+    Target("prepare of a cached statement: at most", 0.15, True, " µs", _prepare_time),
+    Target(
+        "get, compiled faster than pure Python: at least", 1.3, False, "x", _ratio("get", "appdb-py", "appdb")
+    ),
+    Target(
+        "all, compiled faster than pure Python: at least", 1.3, False, "x", _ratio("all", "appdb-py", "appdb")
+    ),
+    Target("full-scan iterate, peak memory growth: below", 20.0, True, " MB", _scan_memory),
+)
+
+
+def verdicts(results: Results) -> tuple[list[str], list[dict[str, Any]]]:
+    """One line per target, and the same as records for the JSON file."""
+    lines: list[str] = []
+    records: list[dict[str, Any]] = []
+    for target in TARGETS:
+        verdict, value, detail = target.judge(results)
+        shown = (
+            "—"
+            if value is None
+            else f"{value:.3f}{target.unit}"
+            if target.unit == " µs"
+            else (f"{value:.2f}{target.unit}")
+        )
+        limit = f"{target.limit}{target.unit}"
+        lines.append(f"[{verdict:^12}] {target.text} {limit}: measured {shown}  ({detail})")
+        records.append(
+            {
+                "target": f"{target.text} {limit}",
+                "verdict": verdict,
+                "value": value,
+                "limit": target.limit,
+                "detail": detail,
+            }
+        )
+    return lines, records
+
+
+def to_json(results: Results, machine: dict[str, str], records: list[dict[str, Any]], seconds: float) -> str:
+    """All figures: every sample, medians, spreads, ratios, memory, verdicts."""
+    trials = []
+    rows = {c.key: c.rows for c in results.contenders}
+    for result in results.trials.values():
+        per: dict[str, Any] = {}
+        for key, samples in result.samples.items():
+            base = result.baseline(rows[key])
+            other = "cpu" if results.settings.clock == "wall" else "wall"
+            per[key] = {
+                "samples_us": samples,
+                f"{other}_samples_us": result.other_clock.get(key),
+                "median_us": result.median(key),
+                "iqr_fraction": result.spread(key),
+                "baseline": base if result.trial.kind != "prepare" else None,
+                "speedup_vs_baseline": result.ratio(base, key) if result.trial.kind != "prepare" else None,
+            }
+        trials.append(
+            {
+                "key": result.trial.key,
+                "title": result.title,
+                "detail": result.trial.detail,
+                "unit": result.trial.unit,
+                "ops_per_batch": result.ops_per_batch,
+                "results": per,
+                "skipped": result.skipped,
+            }
+        )
+    document = {
+        "machine": machine,
+        "settings": vars(results.settings),
+        "duration_seconds": round(seconds, 1),
+        "contenders": [
+            {
+                "key": c.key,
+                "label": c.label,
+                "rows": c.rows,
+                "sqlite_version": c.sqlite_version,
+                "about": c.describe(),
+            }
+            for c in results.contenders
+        ],
+        "unavailable": results.unavailable,
+        "trials": trials,
+        "memory_bytes": results.memory,
+        "targets": records,
+    }
+    return json.dumps(document, indent=2)
+
+
+def matplotlib_available() -> bool:
+    """True when matplotlib can be imported (checked without importing it)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def plot(results: Results, path: str) -> None:
+    """Bar chart of the speed-up against stdlib sqlite3, per trial and contender."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = results.keys()
+    rows = {c.key: c.rows for c in results.contenders}
+    trials = [r for r in results.trials.values() if r.trial.kind != "prepare"]
+    width = 0.8 / max(1, len(keys))
+    figure, axes = plt.subplots(figsize=(12, 5.5))
+    for index, key in enumerate(keys):
+        values = []
+        for result in trials:
+            ratio = result.ratio(result.baseline(rows[key]), key) if key in result.samples else None
+            values.append(ratio or 0.0)
+        positions = [t + (index - (len(keys) - 1) / 2) * width for t in range(len(trials))]
+        axes.bar(positions, values, width, label=" ".join(w for w in _HEADS[key] if w))
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.set_xticks(range(len(trials)))
+    axes.set_xticklabels([r.title for r in trials], rotation=25, ha="right", fontsize=8)
+    axes.set_ylabel("speed-up vs stdlib sqlite3 (same row type; higher is faster)")
+    axes.set_title("appdb benchmarks: median of interleaved repeats")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
