@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# cython: initializedcheck=False, embedsignature=True, freethreading_compatible=False
+# cython: initializedcheck=False, embedsignature=True, freethreading_compatible=False, binding=False
 """Compiled hot path of appdb: the statement cache, statements and row conversion.
 
 Mirror of ``appdb._fastcache_py`` (the pure-Python twin and test oracle): every
@@ -682,10 +682,18 @@ cdef class RowIterator:
         self.close()
 
     def __del__(self):
+        # Under the connection lock: closing while another thread runs a statement
+        # raises ThreadingViolationError, which a finalizer can only swallow, and the
+        # statement then stays active and pins a read snapshot (the WAL cannot reset).
         cursor = self._cursor
         if cursor is not None:
             self._cursor = None
+            core = self._statement._core
+            core.lock._acquire()
             try:
-                cursor.close(True)
+                if not core.closed:
+                    cursor.close(True)
             except Exception:
                 pass
+            finally:
+                core.lock._release()
