@@ -500,10 +500,18 @@ class RowIterator:
         self.close()
 
     def __del__(self) -> None:
+        # Under the connection lock: closing while another thread runs a statement
+        # raises ThreadingViolationError, which a finalizer can only swallow, and the
+        # statement then stays active and pins a read snapshot (the WAL cannot reset).
         cursor = self._cursor
         if cursor is not None:
             self._cursor = None
+            core = self._statement._core
+            core.lock.acquire()
             try:
-                cursor.close(True)
+                if not core.closed:
+                    cursor.close(True)
             except Exception:  # pragma: no cover - interpreter shutdown
                 pass
+            finally:
+                core.lock.release()

@@ -23,7 +23,9 @@ def impl_name(impl: ModuleType) -> str:
     return "python" if impl.__name__.endswith("_py") else "cython"
 
 
-def spawn(impl: ModuleType, command: str, path: os.PathLike[str] | str, *args: object) -> subprocess.Popen[str]:
+def spawn(
+    impl: ModuleType, command: str, path: os.PathLike[str] | str, *args: object
+) -> subprocess.Popen[str]:
     """Start ``worker.py`` for ``command`` with the given twin; stdout is a text pipe."""
     return subprocess.Popen(
         [sys.executable, str(WORKER), impl_name(impl), command, str(path), *map(str, args)],

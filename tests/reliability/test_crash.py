@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-import appdb
-
 from reliability_support import expect_line, integrity, spawn
+
+import appdb
 
 KILLS = 50
 

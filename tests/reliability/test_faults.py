@@ -10,10 +10,9 @@ from types import ModuleType
 
 import apsw
 import pytest
+from reliability_support import integrity
 
 import appdb
-
-from reliability_support import integrity
 
 _names = itertools.count()
 
@@ -34,7 +33,7 @@ class FaultVFS(apsw.VFS):
         self.fired = 0
         super().__init__(name, base="")
 
-    def xOpen(self, name: str | apsw.URIFilename | None, flags: list[int]) -> FaultFile:  # noqa: N802
+    def xOpen(self, name: str | apsw.URIFilename | None, flags: list[int]) -> FaultFile:
         return FaultFile(self, name, flags)
 
     def should_fail(self, operation: str, kind: str) -> bool:
@@ -51,17 +50,17 @@ class FaultFile(apsw.VFSFile):
         self.kind = "wal" if filename.endswith("-wal") else ("db" if filename.endswith(".db") else "other")
         super().__init__("", name, flags)  # inherit everything else from the default VFS
 
-    def xWrite(self, data: bytes, offset: int) -> None:  # noqa: N802
+    def xWrite(self, data: bytes, offset: int) -> None:
         if self.vfs.should_fail("write", self.kind):
             raise apsw.IOError("injected write failure")
         super().xWrite(data, offset)
 
-    def xSync(self, flags: int) -> None:  # noqa: N802
+    def xSync(self, flags: int) -> None:
         if self.vfs.should_fail("sync", self.kind):
             raise apsw.IOError("injected sync failure")
         super().xSync(flags)
 
-    def xRead(self, amount: int, offset: int) -> bytes:  # noqa: N802
+    def xRead(self, amount: int, offset: int) -> bytes:
         if self.vfs.should_fail("read", self.kind):
             raise apsw.IOError("injected read failure")
         return super().xRead(amount, offset)

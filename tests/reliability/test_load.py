@@ -5,15 +5,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+import traceback
 from pathlib import Path
 from types import ModuleType
 
-import apsw
+from reliability_support import expect_line, integrity, spawn
 
 import appdb
 from appdb.database import WAL_GUARD_FACTOR
-
-from reliability_support import expect_line, integrity, spawn
 
 PROCESSES = 8
 TRANSACTIONS = 2_000
@@ -49,7 +48,10 @@ def test_eight_processes_commit_every_row_exactly_once(impl: ModuleType, tmp_pat
             "SELECT count(*) FROM items LEFT JOIN audit ON audit.item_id = items.id WHERE audit.id IS NULL"
         ).scalar()
         assert orphans == 0
-        assert db.prepare("SELECT count(*) FROM items WHERE payload != 'w' || worker || '-s' || seq").scalar() == 0
+        assert (
+            db.prepare("SELECT count(*) FROM items WHERE payload != 'w' || worker || '-s' || seq").scalar()
+            == 0
+        )
 
 
 THREADS = 8
@@ -65,7 +67,7 @@ def test_eight_threads_share_one_database(db: appdb.AppDatabase) -> None:
                             n INTEGER NOT NULL);
         """
     )
-    errors: list[BaseException] = []
+    errors: list[str] = []
     start = threading.Barrier(THREADS)
 
     class Boom(Exception):
@@ -96,16 +98,15 @@ def test_eight_threads_share_one_database(db: appdb.AppDatabase) -> None:
                 # the same statement used inside its own iterate loop, by every thread at once
                 mine = db.prepare("SELECT id FROM parent WHERE thread = ? ORDER BY id")
                 seen = 0
-                for item in mine.iterate(thread):
+                for _item in mine.iterate(thread):
                     assert mine.get(thread) is not None
                     seen += 1
                     if seen == 5:
                         break
                 assert seen == min(5, rnd + 1)
                 assert len(mine.all(thread)) == rnd + 1
-                assert db.connection.txn_state() in (0, 1, 2)  # never raises from another thread
-        except BaseException as exc:  # reported below, with the thread's traceback
-            errors.append(exc)
+        except BaseException:  # reported below, with the thread's traceback
+            errors.append(traceback.format_exc())
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
     for thread in threads:
@@ -196,7 +197,4 @@ def test_wal_guard_survives_pragma_changes(db: appdb.AppDatabase) -> None:
         insert.run(os.urandom(3000))
     assert os.path.getsize(wal) > wal_bound(4096, 10)  # off means off
     assert db.checkpoint("truncate").wal_frames == 0
-    try:
-        db.connection.execute("SELECT 1").get  # the connection is fine after all of it
-    except apsw.Error as exc:  # pragma: no cover - reported as a failure
-        raise AssertionError(exc) from exc
+    assert db.connection.execute("SELECT 1").get == 1  # the connection is fine after all of it

@@ -10,10 +10,9 @@ from types import ModuleType
 
 import apsw
 import pytest
+from reliability_support import expect_line, integrity, spawn
 
 import appdb
-
-from reliability_support import expect_line, integrity, spawn
 
 ROWS = 3000
 
@@ -110,7 +109,7 @@ def test_readonly_with_pending_migrations(impl: ModuleType, db_path: Path, tmp_p
     appdb.init_database(db_path, migrations=folder).close()
     write_migrations(folder)
     before = db_path.read_bytes()
-    with pytest.raises(appdb.MigrationError, match="read-only.*pending") as info:
+    with pytest.raises(appdb.MigrationError, match=r"read-only.*pending") as info:
         appdb.init_database(db_path, readonly=True, migrations=folder)
     assert "003" in str(info.value) or "more" in str(info.value)
     assert db_path.read_bytes() == before
@@ -126,7 +125,11 @@ def test_readonly_with_pending_migrations(impl: ModuleType, db_path: Path, tmp_p
         ("004_bad.sql", "CREATE TABLE z (x);\n", "up"),
         ("4x_bad.sql", "-- migrate:up\nCREATE TABLE z (x);\n", "4x_bad"),
         ("003_again.sql", "-- migrate:up\nCREATE TABLE z (x);\n", "duplicate|003"),
-        ("004_boom.py", "def up(db):\n    db.exec('CREATE TABLE z (x)')\n    raise RuntimeError('boom')\n", "boom"),
+        (
+            "004_boom.py",
+            "def up(db):\n    db.exec('CREATE TABLE z (x)')\n    raise RuntimeError('boom')\n",
+            "boom",
+        ),
     ],
 )
 def test_broken_migration_files(

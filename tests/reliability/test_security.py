@@ -39,7 +39,7 @@ def test_new_files_are_owner_only(impl: ModuleType, db_path: Path, open_umask: N
 
 
 def test_existing_file_mode_is_respected(impl: ModuleType, db_path: Path, open_umask: None) -> None:
-    """"Unless configured otherwise": a file the user created with wider bits keeps them."""
+    """ "Unless configured otherwise": a file the user created with wider bits keeps them."""
     db_path.parent.mkdir(parents=True)
     db_path.touch(mode=0o640)
     os.chmod(db_path, 0o640)
@@ -101,7 +101,7 @@ def test_malicious_view_and_trigger_cannot_run_unsafe_functions(impl: ModuleType
             db.prepare("INSERT INTO notes (body) VALUES (?)").run("hello")
         with pytest.raises(apsw.SQLError, match="unsafe use of app_shell"):
             db.prepare("SELECT * FROM latest").all()
-        with pytest.raises(apsw.SQLError, match="unsafe use of load_extension|not authorized"):
+        with pytest.raises(apsw.SQLError, match=r"unsafe use of load_extension|not authorized"):
             db.prepare("SELECT * FROM loader").all()
         # the statement failed as a whole: nothing inserted, nothing logged
         assert db.prepare("SELECT count(*) FROM notes").scalar() == 1
