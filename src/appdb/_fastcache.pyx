@@ -9,11 +9,16 @@ public behaviour, exception type and message must match it.
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM, PyList_SET_ITEM
 from cpython.object cimport PyObject
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.pythread cimport (
     PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
     PyThread_acquire_lock, PyThread_release_lock, PyThread_get_thread_ident,
-    WAIT_LOCK, NOWAIT_LOCK,
+    WAIT_LOCK, NOWAIT_LOCK, PyLockStatus, PY_LOCK_ACQUIRED,
 )
+
+cdef extern from "pythread.h":
+    PyLockStatus PyThread_acquire_lock_timed(
+        PyThread_type_lock lock, long long microseconds, int intr_flag) nogil
 
 cdef extern from *:
     """
@@ -74,6 +79,9 @@ cdef inline bint _is_scalar(object value):
     return t is int or t is str or t is float or t is bytes or value is None
 
 
+cdef tuple _SINGLE_VALUES = (int, str, float, bytes, bytearray, memoryview, type(None))
+
+
 cdef object _closed_error(str path):
     return DatabaseClosedError(f"the database is closed: {path}")
 
@@ -96,8 +104,9 @@ cdef class ConnectionLock:
     """Re-entrant lock that serialises threads on one connection.
 
     The uncontended path only touches two fields under the GIL (no system call);
-    a contended acquire blocks on an OS lock with the GIL released. The module
-    is not marked free-threading compatible, so the GIL is always there.
+    a contended acquire blocks on an OS lock with the GIL released, waking every
+    50 ms to let signals (Ctrl-C) through. The module is not marked
+    free-threading compatible, so the GIL is always there.
     """
 
     cdef PyThread_type_lock _gate
@@ -122,7 +131,7 @@ cdef class ConnectionLock:
                 PyThread_release_lock(self._gate)
             PyThread_free_lock(self._gate)
 
-    cdef inline void _acquire(self) noexcept:
+    cdef inline int _acquire(self) except -1:
         cdef unsigned long me = PyThread_get_thread_ident()
         if self._count == 0:
             self._owner = me
@@ -130,20 +139,28 @@ cdef class ConnectionLock:
         elif self._owner == me:
             self._count += 1
         else:
-            self._acquire_contended(me)
+            return self._acquire_contended(me)
+        return 0
 
-    cdef void _acquire_contended(self, unsigned long me) noexcept:
+    cdef int _acquire_contended(self, unsigned long me) except -1:
+        cdef PyLockStatus status
         self._waiters += 1
-        while self._count != 0:
-            with nogil:
-                PyThread_acquire_lock(self._gate, WAIT_LOCK)
-            self._gate_open = False
-        self._waiters -= 1
+        try:
+            while self._count != 0:
+                with nogil:
+                    status = PyThread_acquire_lock_timed(self._gate, 50000, 0)
+                if status == PY_LOCK_ACQUIRED:
+                    self._gate_open = False
+                else:
+                    PyErr_CheckSignals()  # raises KeyboardInterrupt & co.
+        finally:
+            self._waiters -= 1
         self._owner = me
         self._count = 1
+        return 0
 
     cdef inline int _release(self) except -1:
-        if self._count == 0 or self._owner != PyThread_get_thread_ident():
+        if self._count == 0 or self._owner != <unsigned long>PyThread_get_thread_ident():
             raise RuntimeError("cannot release un-acquired lock")
         self._count -= 1
         if self._count == 0:
@@ -181,6 +198,8 @@ cdef class DatabaseCore:
     cdef long long _hits
     cdef long long _misses
     cdef long long _evictions
+    cdef long long _generation
+    cdef object __weakref__
 
     def __init__(self, connection, str path, Py_ssize_t capacity, row_type, str begin_sql):
         if capacity < 0:
@@ -197,6 +216,7 @@ cdef class DatabaseCore:
         self._hits = 0
         self._misses = 0
         self._evictions = 0
+        self._generation = 0
 
     def prepare(self, sql, *, row_type=None):
         """Return the cached ``Statement`` for ``sql`` (and row type), compiling it on a miss."""
@@ -208,7 +228,10 @@ cdef class DatabaseCore:
             key = sql
         else:
             key = (sql, row_type)
-        found = PyDict_GetItem(self._cache, key)
+        try:
+            found = PyDict_GetItem(self._cache, key)
+        except TypeError:  # unhashable: not SQL text, reported by _prepare_miss
+            found = NULL
         if found != NULL:
             statement = <Statement>found
             self._clock += 1
@@ -219,24 +242,32 @@ cdef class DatabaseCore:
 
     cdef Statement _prepare_miss(self, object key, object sql, object row_type):
         cdef bint as_dict = check_row_type(self.row_type if row_type is None else row_type) == "dict"
-        sql = _exact_sql(sql)
+        cdef PyObject* found
         cdef Statement statement
-        self.lock._acquire()
+        cdef str text = _exact_sql(sql)
+        self.lock._acquire()  # several threads may miss on the same SQL at once
         try:
             if self.closed:
                 raise _closed_error(self.path)
-            statement = Statement(self, sql, as_dict)
+            found = PyDict_GetItem(self._cache, key)
+            if found != NULL:
+                statement = <Statement>found
+                self._clock += 1
+                statement._last_used = self._clock
+                self._hits += 1
+                return statement
+            statement = Statement(self, text, as_dict)
+            self._misses += 1
+            if self._capacity == 0:
+                return statement
+            if len(self._cache) >= self._capacity:
+                self._evict()
+            self._clock += 1
+            statement._last_used = self._clock
+            self._cache[key] = statement
+            return statement
         finally:
             self.lock._release()
-        self._misses += 1
-        if self._capacity == 0:
-            return statement
-        if len(self._cache) >= self._capacity:
-            self._evict()
-        self._clock += 1
-        statement._last_used = self._clock
-        self._cache[key] = statement
-        return statement
 
     cdef void _evict(self):
         cdef object oldest_key = None
@@ -256,7 +287,15 @@ cdef class DatabaseCore:
 
     def clear_statement_cache(self):
         """Forget every cached statement (statements already handed out keep working)."""
-        self._cache.clear()
+        self.lock._acquire()
+        try:
+            self._cache.clear()
+        finally:
+            self.lock._release()
+
+    def schema_changed(self):
+        """Note a schema change: every statement re-reads its columns before its next run."""
+        self._generation += 1
 
     def mark_closed(self):
         """Mark the core closed and drop the cache; the caller closes the connection."""
@@ -283,6 +322,8 @@ cdef class Statement:
     cdef Py_ssize_t _n_named
     cdef bint _readonly
     cdef bint _returns_rows
+    cdef bint _single_row
+    cdef bint _changes_schema
     cdef bint _as_dict
     cdef object _cursor
     cdef object _execute
@@ -290,18 +331,13 @@ cdef class Statement:
     cdef object _last_insert_rowid
     cdef bint _busy
     cdef long long _last_used
+    cdef long long _generation
+    cdef object __weakref__
 
     def __init__(self, DatabaseCore core, str sql, bint as_dict):
-        info = describe(core.connection, sql)
         self._core = core
         self._conn = core.connection
         self._sql = sql
-        self._columns = info.columns
-        self._names = info.parameter_names
-        self._named = frozenset(n for n in info.parameter_names if n is not None and not n.isdigit())
-        self._n_named = len(self._named)
-        self._readonly = info.readonly
-        self._returns_rows = bool(info.columns)
         self._as_dict = as_dict
         self._cursor = None
         self._execute = None
@@ -309,6 +345,22 @@ cdef class Statement:
         self._last_insert_rowid = core.connection.last_insert_rowid
         self._busy = False
         self._last_used = 0
+        self._describe()
+
+    cdef int _describe(self) except -1:
+        """(Re)read what SQLite says about the statement; call with the lock held."""
+        cdef long long generation = self._core._generation
+        info = describe(self._conn, self._sql)
+        self._columns = info.columns
+        self._names = info.parameter_names
+        self._named = frozenset(n for n in info.parameter_names if n is not None and not n.isdigit())
+        self._n_named = len(self._named)
+        self._readonly = info.readonly
+        self._returns_rows = bool(info.columns)
+        self._single_row = info.single_row
+        self._changes_schema = info.changes_schema
+        self._generation = generation
+        return 0
 
     # -- properties --------------------------------------------------------
     @property
@@ -336,34 +388,34 @@ cdef class Statement:
 
     # -- helpers -----------------------------------------------------------
     cdef inline object _bindings(self, tuple params, dict named):
-        cdef object bindings
         cdef object first
-        cdef type t
         if named:
             if PyTuple_GET_SIZE(params):
                 raise _BindingsError(
                     f"pass either positional or named values, not both, to statement {self._sql!r}"
                 )
-            bindings = named
             if len(named) > self._n_named:
                 raise extra_names_error(self._sql, self._names, named)
-            return bindings
+            return named
         if PyTuple_GET_SIZE(params) == 1:
             first = <object>PyTuple_GET_ITEM(params, 0)
             if _is_scalar(first):
                 return params
-            t = type(first)
-            if t is tuple or t is list:
+            if isinstance(first, (tuple, list)):
                 return first
-            if t is dict or isinstance(first, _Mapping):
+            if isinstance(first, _Mapping):
                 if len(first) > self._n_named:
                     raise extra_names_error(self._sql, self._names, first)
                 return first
         return params
 
     cdef inline object _take_cursor(self):
-        if self._core.closed:
-            raise _closed_error(self._core.path)
+        """The statement's own cursor, or a fresh one while it is in use (re-entry)."""
+        cdef DatabaseCore core = self._core
+        if core.closed:
+            raise _closed_error(core.path)
+        if self._generation != core._generation:
+            self._describe()
         cursor = self._cursor
         if cursor is None or self._busy:
             cursor = self._conn.cursor()
@@ -388,12 +440,29 @@ cdef class Statement:
         if cursor is not None:
             cursor.close(True)
 
+    cdef int _reset(self, object cursor) except -1:
+        """Reset ``cursor``'s statement without stepping it (closing resets it)."""
+        if cursor is self._cursor:
+            self._forget_cursor()
+        cursor.close(True)
+        return 0
+
     cdef object _failed(self, BaseException exc, object cursor, object bindings):
         """Discard ``cursor`` after an error; return the translated error if any."""
         if cursor is self._cursor:
             self._forget_cursor()
         cursor.close(True)
         return binding_error(exc, self._sql, self._names, bindings)
+
+    cdef inline object _first_row(self, object cursor):
+        """Step to the first row, then leave the statement reset."""
+        row = appdb_next_row(cursor)
+        if row is not None:
+            if not self._single_row:
+                self._reset(cursor)  # never evaluate a second row
+            elif appdb_next_row(cursor) is not None:  # the plan changed
+                self._reset(cursor)
+        return row
 
     cdef inline object _row(self, object row):
         cdef tuple columns
@@ -413,7 +482,12 @@ cdef class Statement:
         return d
 
     cdef tuple _refresh_columns(self):
-        self._columns = describe(self._conn, self._sql).columns
+        """The schema changed under us (another connection): read the columns again."""
+        self._core.lock._acquire()
+        try:
+            self._describe()
+        finally:
+            self._core.lock._release()
         return self._columns
 
     # -- execution ---------------------------------------------------------
@@ -421,51 +495,48 @@ cdef class Statement:
         """Run the query and return its first row, or None when there is none."""
         bindings = self._bindings(params, named)
         cdef ConnectionLock lock = self._core.lock
+        cdef bint was_busy
         lock._acquire()
         try:
             cursor = self._take_cursor()
+            was_busy = self._busy
             self._busy = True
             try:
                 self._start(cursor, bindings)
-                row = appdb_next_row(cursor)
-                if row is not None and appdb_next_row(cursor) is not None:
-                    # more rows remain: closing resets the statement
-                    self._forget_cursor()
-                    cursor.close(True)
+                row = self._first_row(cursor)
+                if row is not None:
+                    row = self._row(row)
             except BaseException as exc:
                 error = self._failed(exc, cursor, bindings)
                 if error is None:
                     raise
                 raise error from None
             finally:
-                self._busy = False
+                self._busy = was_busy
         finally:
             lock._release()
-        if row is None:
-            return None
-        return self._row(row)
+        return row
 
     def scalar(self, *params, **named):
         """Return the first column of the first row, or None when there is no row."""
         bindings = self._bindings(params, named)
         cdef ConnectionLock lock = self._core.lock
+        cdef bint was_busy
         lock._acquire()
         try:
             cursor = self._take_cursor()
+            was_busy = self._busy
             self._busy = True
             try:
                 self._start(cursor, bindings)
-                row = appdb_next_row(cursor)
-                if row is not None and appdb_next_row(cursor) is not None:
-                    self._forget_cursor()
-                    cursor.close(True)
+                row = self._first_row(cursor)
             except BaseException as exc:
                 error = self._failed(exc, cursor, bindings)
                 if error is None:
                     raise
                 raise error from None
             finally:
-                self._busy = False
+                self._busy = was_busy
         finally:
             lock._release()
         if row is None or len(row) == 0:
@@ -478,42 +549,48 @@ cdef class Statement:
         cdef ConnectionLock lock = self._core.lock
         cdef list rows
         cdef Py_ssize_t i, n
+        cdef bint was_busy
         lock._acquire()
         try:
             cursor = self._take_cursor()
+            was_busy = self._busy
             self._busy = True
             try:
                 rows = self._start(cursor, bindings).fetchall()
+                n = PyList_GET_SIZE(rows)
+                if self._as_dict and n:
+                    for i in range(n):
+                        rows[i] = self._row(<object>PyList_GET_ITEM(rows, i))
             except BaseException as exc:
                 error = self._failed(exc, cursor, bindings)
                 if error is None:
                     raise
                 raise error from None
             finally:
-                self._busy = False
+                self._busy = was_busy
         finally:
             lock._release()
-        n = PyList_GET_SIZE(rows)
-        if self._as_dict and n:
-            for i in range(n):
-                rows[i] = self._row(<object>PyList_GET_ITEM(rows, i))
         return rows
 
     def iterate(self, *params, **named):
         """Run the query and return an iterator over its rows.
 
-        The statement is reset as soon as the loop ends or breaks, or the
-        iterator is closed or garbage collected.
+        The statement is reset as soon as the rows run out, or the iterator is
+        closed (``close()`` or ``with``) or garbage collected (a ``for`` loop
+        directly over ``iterate()`` that breaks drops it at once).
         """
         bindings = self._bindings(params, named)
         cdef ConnectionLock lock = self._core.lock
+        cdef DatabaseCore core = self._core
         lock._acquire()
         try:
-            if self._core.closed:
-                raise _closed_error(self._core.path)
+            if core.closed:
+                raise _closed_error(core.path)
+            if self._generation != core._generation:
+                self._describe()
             cursor = self._conn.cursor()
             try:
-                self._start(cursor, bindings)
+                cursor.execute(self._sql, bindings)
             except BaseException as exc:
                 cursor.close(True)
                 error = binding_error(exc, self._sql, self._names, bindings)
@@ -528,9 +605,11 @@ cdef class Statement:
         """Execute a write and return ``RunResult(changes, last_insert_rowid)``."""
         bindings = self._bindings(params, named)
         cdef ConnectionLock lock = self._core.lock
+        cdef bint was_busy
         lock._acquire()
         try:
             cursor = self._take_cursor()
+            was_busy = self._busy
             self._busy = True
             try:
                 self._start(cursor, bindings)
@@ -538,60 +617,78 @@ cdef class Statement:
                     for _ in cursor:
                         pass
                 result = appdb_new_pair(_RunResult, self._changes(), self._last_insert_rowid())
+                if self._changes_schema:
+                    self._core._generation += 1
             except BaseException as exc:
                 error = self._failed(exc, cursor, bindings)
                 if error is None:
                     raise
                 raise error from None
             finally:
-                self._busy = False
+                self._busy = was_busy
         finally:
             lock._release()
         return result
 
     def run_many(self, seq_of_params):
-        """Execute once per item of ``seq_of_params`` (sequences or mappings).
+        """Execute once per item of ``seq_of_params`` (sequences, mappings or single values).
 
-        Outside a transaction the whole batch runs in one, so it is atomic and
-        fast. ``changes`` is the total number of rows changed (triggers included).
+        The batch is atomic: outside a transaction it runs in one, inside one it
+        runs in a savepoint, so a failing item leaves none of the batch behind.
+        ``changes`` is the total number of rows changed (triggers included).
         """
+        items = _CheckedMany(self, seq_of_params)
         cdef ConnectionLock lock = self._core.lock
-        cdef bint own_transaction
+        cdef bint was_busy
         lock._acquire()
         try:
             cursor = self._take_cursor()
             conn = self._conn
-            own_transaction = not conn.in_transaction
+            begin, commit, undo = _batch_sql(conn, self._core.begin_sql)
+            was_busy = self._busy
             self._busy = True
             try:
-                if own_transaction:
-                    conn.execute(self._core.begin_sql)
+                conn.execute(begin)
                 before = conn.total_changes()
                 try:
-                    cursor.executemany(self._sql, _CheckedMany(self, seq_of_params))
+                    cursor.executemany(self._sql, items)
                     if self._returns_rows:
                         for _ in cursor:
                             pass
                     result = appdb_new_pair(_RunResult, conn.total_changes() - before, conn.last_insert_rowid())
                 except BaseException as exc:
-                    if own_transaction and conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                    if conn.in_transaction:
+                        for sql in undo:
+                            conn.execute(sql)
                     error = self._failed(exc, cursor, None)
                     if error is None:
                         raise
                     raise error from None
-                if own_transaction:
-                    try:
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                        raise
+                try:
+                    conn.execute(commit)
+                except BaseException:
+                    if conn.in_transaction:
+                        for sql in undo:
+                            conn.execute(sql)
+                    raise
+                if self._changes_schema:
+                    self._core._generation += 1
             finally:
-                self._busy = False
+                self._busy = was_busy
         finally:
             lock._release()
         return result
+
+
+cdef tuple _batch_sql(object conn, str begin_sql):
+    """SQL that makes a ``run_many`` batch atomic: begin, commit, and undo on failure."""
+    if conn.in_transaction:
+        return (
+            "SAVEPOINT appdb_run_many",
+            "RELEASE appdb_run_many",
+            ("ROLLBACK TO appdb_run_many", "RELEASE appdb_run_many"),
+        )
+    return begin_sql, "COMMIT", ("ROLLBACK",)
 
 
 cdef class _CheckedMany:
@@ -611,14 +708,13 @@ cdef class _CheckedMany:
 
     def __next__(self):
         item = next(self._it)
-        cdef type t = type(item)
-        if t is tuple or t is list:
+        if isinstance(item, (tuple, list)):
             return item
         if isinstance(item, _Mapping):
             if len(item) > self._statement._n_named:
                 raise extra_names_error(self._statement._sql, self._statement._names, item)
             return item
-        if _is_scalar(item):
+        if isinstance(item, _SINGLE_VALUES):
             return (item,)
         return item
 
@@ -628,6 +724,7 @@ cdef class RowIterator:
 
     cdef Statement _statement
     cdef object _cursor
+    cdef object __weakref__
 
     def __init__(self, Statement statement, cursor):
         self._statement = statement
@@ -658,9 +755,9 @@ cdef class RowIterator:
                 self._cursor = None
                 cursor.close(True)
                 raise
+            return statement._row(row)
         finally:
             lock._release()
-        return statement._row(row)
 
     def close(self):
         """Stop iterating and reset the statement now."""

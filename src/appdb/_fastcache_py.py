@@ -22,6 +22,8 @@ __all__ = ["ConnectionLock", "DatabaseCore", "RowIterator", "Statement"]
 
 _ROW_TYPES = ("dict", "tuple")
 _SCALARS = (int, str, float, bytes, type(None))
+#: Single values (not sequences of values) accepted as one ``run_many`` item.
+_SINGLE_VALUES = (int, str, float, bytes, bytearray, memoryview, type(None))
 _new_run_result = tuple.__new__
 
 
@@ -69,6 +71,23 @@ class ConnectionLock:
 class DatabaseCore:
     """Connection state shared by the facade and its statements, plus the LRU cache."""
 
+    __slots__ = (
+        "__weakref__",
+        "_cache",
+        "_capacity",
+        "_clock",
+        "_evictions",
+        "_generation",
+        "_hits",
+        "_misses",
+        "begin_sql",
+        "closed",
+        "connection",
+        "lock",
+        "path",
+        "row_type",
+    )
+
     def __init__(
         self, connection: apsw.Connection, path: str, capacity: int, row_type: str, begin_sql: str
     ) -> None:
@@ -86,6 +105,7 @@ class DatabaseCore:
         self._hits = 0
         self._misses = 0
         self._evictions = 0
+        self._generation = 0
 
     def prepare(self, sql: str, *, row_type: str | None = None) -> Statement:
         """Return the cached ``Statement`` for ``sql`` (and row type), compiling it on a miss."""
@@ -106,19 +126,25 @@ class DatabaseCore:
     def _prepare_miss(self, key: Any, sql: str, row_type: str | None) -> Statement:
         as_dict = check_row_type(self.row_type if row_type is None else row_type) == "dict"
         sql = _exact_sql(sql)
-        with self.lock:
+        with self.lock:  # several threads may miss on the same SQL at once
             if self.closed:
                 raise _closed_error(self.path)
+            statement = self._cache.get(key)
+            if statement is not None:
+                self._clock += 1
+                statement._last_used = self._clock
+                self._hits += 1
+                return statement
             statement = Statement(self, sql, as_dict)
-        self._misses += 1
-        if self._capacity == 0:
+            self._misses += 1
+            if self._capacity == 0:
+                return statement
+            if len(self._cache) >= self._capacity:
+                self._evict()
+            self._clock += 1
+            statement._last_used = self._clock
+            self._cache[key] = statement
             return statement
-        if len(self._cache) >= self._capacity:
-            self._evict()
-        self._clock += 1
-        statement._last_used = self._clock
-        self._cache[key] = statement
-        return statement
 
     def _evict(self) -> None:
         oldest_key = None
@@ -136,7 +162,12 @@ class DatabaseCore:
 
     def clear_statement_cache(self) -> None:
         """Forget every cached statement (statements already handed out keep working)."""
-        self._cache.clear()
+        with self.lock:
+            self._cache.clear()
+
+    def schema_changed(self) -> None:
+        """Note a schema change: every statement re-reads its columns before its next run."""
+        self._generation += 1
 
     def mark_closed(self) -> None:
         """Mark the core closed and drop the cache; the caller closes the connection."""
@@ -152,20 +183,47 @@ class Statement:
     Rows are dicts keyed by column name, or tuples (``row_type="tuple"``).
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_as_dict",
+        "_busy",
+        "_changes_schema",
+        "_columns",
+        "_conn",
+        "_core",
+        "_cursor",
+        "_generation",
+        "_last_used",
+        "_named",
+        "_names",
+        "_readonly",
+        "_returns_rows",
+        "_single_row",
+        "_sql",
+    )
+
     def __init__(self, core: DatabaseCore, sql: str, as_dict: bool) -> None:
-        info = describe(core.connection, sql)
         self._core = core
         self._conn = core.connection
         self._sql = sql
+        self._as_dict = as_dict
+        self._cursor: apsw.Cursor | None = None
+        self._busy = False
+        self._last_used = 0
+        self._describe()
+
+    def _describe(self) -> None:
+        """(Re)read what SQLite says about the statement; call with the lock held."""
+        generation = self._core._generation
+        info = describe(self._conn, self._sql)
         self._columns = info.columns
         self._names = info.parameter_names
         self._named = frozenset(n for n in info.parameter_names if n is not None and not n.isdigit())
         self._readonly = info.readonly
         self._returns_rows = bool(info.columns)
-        self._as_dict = as_dict
-        self._cursor: apsw.Cursor | None = None
-        self._busy = False
-        self._last_used = 0
+        self._single_row = info.single_row
+        self._changes_schema = info.changes_schema
+        self._generation = generation
 
     # -- properties --------------------------------------------------------
     @property
@@ -201,7 +259,7 @@ class Statement:
             bindings: Any = named
         elif len(params) == 1 and type(params[0]) not in _SCALARS:
             first = params[0]
-            if type(first) is tuple or type(first) is list or isinstance(first, Mapping):
+            if isinstance(first, (tuple, list, Mapping)):
                 bindings = first
             else:
                 bindings = params
@@ -212,8 +270,12 @@ class Statement:
         return bindings
 
     def _take_cursor(self) -> apsw.Cursor:
-        if self._core.closed:
-            raise _closed_error(self._core.path)
+        """The statement's own cursor, or a fresh one while it is in use (re-entry)."""
+        core = self._core
+        if core.closed:
+            raise _closed_error(core.path)
+        if self._generation != core._generation:
+            self._describe()
         cursor = self._cursor
         if cursor is None or self._busy:
             cursor = self._conn.cursor()
@@ -227,12 +289,28 @@ class Statement:
         if cursor is not None:
             cursor.close(True)
 
+    def _reset(self, cursor: apsw.Cursor) -> None:
+        """Reset ``cursor``'s statement without stepping it (closing resets it)."""
+        if cursor is self._cursor:
+            self._cursor = None
+        cursor.close(True)
+
     def _failed(self, exc: BaseException, cursor: apsw.Cursor, bindings: Any) -> BaseException | None:
         """Discard ``cursor`` after an error; return the translated error if any."""
         if cursor is self._cursor:
             self._cursor = None
         cursor.close(True)
         return binding_error(exc, self._sql, self._names, bindings)
+
+    def _first_row(self, cursor: apsw.Cursor) -> Any:
+        """Step to the first row, then leave the statement reset."""
+        row = cursor.fetchone()
+        if row is not None:
+            if not self._single_row:
+                self._reset(cursor)  # never evaluate a second row
+            elif cursor.fetchone() is not None:  # pragma: no cover - the plan changed
+                self._reset(cursor)
+        return row
 
     def _row(self, row: Any) -> Any:
         if self._as_dict:
@@ -243,8 +321,14 @@ class Statement:
         return row
 
     def _refresh_columns(self) -> tuple[str, ...]:
-        self._columns = describe(self._conn, self._sql).columns
+        """The schema changed under us (another connection): read the columns again."""
+        with self._core.lock:
+            self._describe()
         return self._columns
+
+    def _after_write(self) -> None:
+        if self._changes_schema:
+            self._core.schema_changed()
 
     # -- execution ---------------------------------------------------------
     def get(self, *params: Any, **named: Any) -> Any:
@@ -254,26 +338,23 @@ class Statement:
         lock.acquire()
         try:
             cursor = self._take_cursor()
+            was_busy = self._busy
             self._busy = True
             try:
                 cursor.execute(self._sql, bindings)
-                row = cursor.fetchone()
-                if row is not None and cursor.fetchone() is not None:
-                    # more rows remain: closing resets the statement
-                    self._cursor = None
-                    cursor.close(True)
+                row = self._first_row(cursor)
+                if row is not None:
+                    row = self._row(row)
             except BaseException as exc:
                 error = self._failed(exc, cursor, bindings)
                 if error is None:
                     raise
                 raise error from None
             finally:
-                self._busy = False
+                self._busy = was_busy
         finally:
             lock.release()
-        if row is None:
-            return None
-        return self._row(row)
+        return row
 
     def scalar(self, *params: Any, **named: Any) -> Any:
         """Return the first column of the first row, or None when there is no row."""
@@ -282,20 +363,18 @@ class Statement:
         lock.acquire()
         try:
             cursor = self._take_cursor()
+            was_busy = self._busy
             self._busy = True
             try:
                 cursor.execute(self._sql, bindings)
-                row = cursor.fetchone()
-                if row is not None and cursor.fetchone() is not None:
-                    self._cursor = None
-                    cursor.close(True)
+                row = self._first_row(cursor)
             except BaseException as exc:
                 error = self._failed(exc, cursor, bindings)
                 if error is None:
                     raise
                 raise error from None
             finally:
-                self._busy = False
+                self._busy = was_busy
         finally:
             lock.release()
         if row is None or len(row) == 0:
@@ -309,37 +388,42 @@ class Statement:
         lock.acquire()
         try:
             cursor = self._take_cursor()
+            was_busy = self._busy
             self._busy = True
             try:
                 rows = cursor.execute(self._sql, bindings).fetchall()
+                if self._as_dict and rows:
+                    columns = self._columns
+                    if len(rows[0]) != len(columns):
+                        columns = self._refresh_columns()
+                    rows = [dict(zip(columns, row)) for row in rows]
             except BaseException as exc:
                 error = self._failed(exc, cursor, bindings)
                 if error is None:
                     raise
                 raise error from None
             finally:
-                self._busy = False
+                self._busy = was_busy
         finally:
             lock.release()
-        if self._as_dict and rows:
-            columns = self._columns
-            if len(rows[0]) != len(columns):
-                columns = self._refresh_columns()
-            return [dict(zip(columns, row)) for row in rows]
         return rows
 
     def iterate(self, *params: Any, **named: Any) -> RowIterator:
         """Run the query and return an iterator over its rows.
 
-        The statement is reset as soon as the loop ends or breaks, or the
-        iterator is closed or garbage collected.
+        The statement is reset as soon as the rows run out, or the iterator is
+        closed (``close()`` or ``with``) or garbage collected (a ``for`` loop
+        directly over ``iterate()`` that breaks drops it at once).
         """
         bindings = self._bindings(params, named)
         lock = self._core.lock
         lock.acquire()
         try:
-            if self._core.closed:
-                raise _closed_error(self._core.path)
+            core = self._core
+            if core.closed:
+                raise _closed_error(core.path)
+            if self._generation != core._generation:
+                self._describe()
             cursor = self._conn.cursor()
             try:
                 cursor.execute(self._sql, bindings)
@@ -360,6 +444,7 @@ class Statement:
         lock.acquire()
         try:
             cursor = self._take_cursor()
+            was_busy = self._busy
             self._busy = True
             try:
                 cursor.execute(self._sql, bindings)
@@ -368,36 +453,40 @@ class Statement:
                         pass
                 conn = self._conn
                 result = _new_run_result(RunResult, (conn.changes(), conn.last_insert_rowid()))
+                if self._changes_schema:
+                    self._after_write()
             except BaseException as exc:
                 error = self._failed(exc, cursor, bindings)
                 if error is None:
                     raise
                 raise error from None
             finally:
-                self._busy = False
+                self._busy = was_busy
         finally:
             lock.release()
         return result
 
     def run_many(self, seq_of_params: Iterable[Any]) -> RunResult:
-        """Execute once per item of ``seq_of_params`` (sequences or mappings).
+        """Execute once per item of ``seq_of_params`` (sequences, mappings or single values).
 
-        Outside a transaction the whole batch runs in one, so it is atomic and
-        fast. ``changes`` is the total number of rows changed (triggers included).
+        The batch is atomic: outside a transaction it runs in one, inside one it
+        runs in a savepoint, so a failing item leaves none of the batch behind.
+        ``changes`` is the total number of rows changed (triggers included).
         """
+        items = _checked_many(self, seq_of_params)
         lock = self._core.lock
         lock.acquire()
         try:
             cursor = self._take_cursor()
             conn = self._conn
-            own_transaction = not conn.in_transaction
+            begin, commit, undo = _batch_sql(conn, self._core.begin_sql)
+            was_busy = self._busy
             self._busy = True
             try:
-                if own_transaction:
-                    conn.execute(self._core.begin_sql)
+                conn.execute(begin)
                 before = conn.total_changes()
                 try:
-                    cursor.executemany(self._sql, _checked_many(self, seq_of_params))
+                    cursor.executemany(self._sql, items)
                     if self._returns_rows:
                         for _ in cursor:
                             pass
@@ -405,38 +494,57 @@ class Statement:
                         RunResult, (conn.total_changes() - before, conn.last_insert_rowid())
                     )
                 except BaseException as exc:
-                    if own_transaction and conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                    if conn.in_transaction:
+                        for sql in undo:
+                            conn.execute(sql)
                     error = self._failed(exc, cursor, None)
                     if error is None:
                         raise
                     raise error from None
-                if own_transaction:
-                    try:
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                        raise
+                try:
+                    conn.execute(commit)
+                except BaseException:
+                    if conn.in_transaction:
+                        for sql in undo:
+                            conn.execute(sql)
+                    raise
+                if self._changes_schema:
+                    self._after_write()
             finally:
-                self._busy = False
+                self._busy = was_busy
         finally:
             lock.release()
         return result
+
+
+def _batch_sql(conn: apsw.Connection, begin_sql: str) -> tuple[str, str, tuple[str, ...]]:
+    """SQL that makes a ``run_many`` batch atomic: begin, commit, and undo on failure."""
+    if conn.in_transaction:
+        return (
+            "SAVEPOINT appdb_run_many",
+            "RELEASE appdb_run_many",
+            ("ROLLBACK TO appdb_run_many", "RELEASE appdb_run_many"),
+        )
+    return begin_sql, "COMMIT", ("ROLLBACK",)
 
 
 def _checked_many(statement: Statement, seq_of_params: Iterable[Any]) -> Iterator[Any]:
     """Validate each item of a ``run_many`` batch the way single runs are validated."""
     if isinstance(seq_of_params, (str, bytes, Mapping)):
         raise TypeError("run_many() takes an iterable of parameter sequences or mappings")
-    for item in seq_of_params:
-        if type(item) is tuple or type(item) is list:
+    iterator = iter(seq_of_params)
+    return _checked_items(statement, iterator)
+
+
+def _checked_items(statement: Statement, iterator: Iterator[Any]) -> Iterator[Any]:
+    for item in iterator:
+        if isinstance(item, (tuple, list)):
             yield item
         elif isinstance(item, Mapping):
             if len(item) > len(statement._named):
                 raise extra_names_error(statement._sql, statement._names, item)
             yield item
-        elif type(item) in _SCALARS:
+        elif isinstance(item, _SINGLE_VALUES):
             yield (item,)
         else:
             yield item
@@ -444,6 +552,8 @@ def _checked_many(statement: Statement, seq_of_params: Iterable[Any]) -> Iterato
 
 class RowIterator:
     """Iterator over the rows of one execution; resets the statement when done."""
+
+    __slots__ = ("__weakref__", "_cursor", "_statement")
 
     def __init__(self, statement: Statement, cursor: apsw.Cursor) -> None:
         self._statement = statement
@@ -474,9 +584,9 @@ class RowIterator:
                 self._cursor = None
                 cursor.close(True)
                 raise
+            return statement._row(row)
         finally:
             lock.release()
-        return statement._row(row)
 
     def close(self) -> None:
         """Stop iterating and reset the statement now."""

@@ -21,6 +21,40 @@ class StatementInfo(NamedTuple):
     parameter_names: tuple[str | None, ...]
     parameter_count: int
     readonly: bool
+    #: The program can produce at most one row, so stepping past it is free.
+    single_row: bool = False
+    #: The statement changes the schema (its program writes the schema cookie).
+    changes_schema: bool = False
+
+
+#: Opcodes that may follow the one ``ResultRow`` of a program that yields at most one
+#: row (``DecrJumpZero`` is a LIMIT countdown jumping forward to ``Halt``).
+_AFTER_SINGLE_ROW = frozenset({"DecrJumpZero"})
+#: Opcodes of programs that change the schema.
+_SCHEMA_OPCODES = frozenset({"SetCookie", "ParseSchema", "DropTable", "DropIndex", "DropTrigger"})
+
+
+def _program_shape(connection: apsw.Connection, sql: str) -> tuple[bool, bool]:
+    """``(single_row, changes_schema)`` read from the statement's bytecode (EXPLAIN).
+
+    ``single_row`` is conservative: True only for programs with exactly one
+    ``ResultRow`` that halts right after it (point lookups by rowid or unique
+    key, aggregates without GROUP BY, expressions).
+    """
+    cursor = connection.cursor()
+    try:
+        rows = cursor.execute(sql, apsw._null_bindings, can_cache=False, explain=1)  # type: ignore[attr-defined]
+        opcodes = [row[1] for row in rows]
+    except apsw.Error:
+        return False, False
+    finally:
+        cursor.close(True)
+    changes_schema = not _SCHEMA_OPCODES.isdisjoint(opcodes)
+    if opcodes.count("ResultRow") != 1:
+        return False, changes_schema
+    after = opcodes[opcodes.index("ResultRow") + 1 :]
+    single = "Halt" in after and all(op in _AFTER_SINGLE_ROW for op in after[: after.index("Halt")])
+    return single, changes_schema
 
 
 def _trace(connection: apsw.Connection, sql: str) -> tuple[StatementInfo | None, str]:
@@ -42,7 +76,8 @@ def _trace(connection: apsw.Connection, sql: str) -> tuple[StatementInfo | None,
     cursor = connection.cursor()
     cursor.exec_trace = tracer
     try:
-        cursor.execute(sql, apsw._null_bindings)  # type: ignore[attr-defined]
+        # can_cache=False: a statement from APSW's cache may predate a schema change
+        cursor.execute(sql, apsw._null_bindings, can_cache=False)  # type: ignore[attr-defined]
     except apsw.ExecTraceAbort:
         pass
     finally:
@@ -71,15 +106,38 @@ def describe(connection: apsw.Connection, sql: str) -> StatementInfo:
                 "prepare() takes exactly one SQL statement (use exec() for scripts); "
                 f"found more after {consumed.strip()!r}"
             )
-    return info
+    single_row, changes_schema = _program_shape(connection, sql)
+    return info._replace(single_row=single_row, changes_schema=changes_schema)
 
 
 def _display(names: tuple[str | None, ...], index: int) -> str:
     """How to name parameter ``index`` (0-based) in a message."""
     name = names[index] if index < len(names) else None
-    if name is None or name.isdigit():
+    if name is None:
         return f"parameter {index + 1}"
+    if name.isdigit():
+        return f"parameter ?{name}"
     return f"parameter :{name}"
+
+
+def _display_name(name: str) -> str:
+    return f"?{name}" if name.isdigit() else f":{name}"
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _out_of_range(names: tuple[str | None, ...], given: object) -> str | None:
+    """Name the first integer in ``given`` that does not fit SQLite's 64-bit INTEGER."""
+    if isinstance(given, Mapping):
+        for key, value in given.items():
+            if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+                return f"parameter {_display_name(str(key))}"
+    elif isinstance(given, (tuple, list)):
+        for index, value in enumerate(given):
+            if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+                return _display(names, index)
+    return None
 
 
 def extra_names_error(
@@ -106,12 +164,13 @@ def binding_error(
 
     * a missing named value (APSW raises ``KeyError``) -> ``apsw.BindingsError``;
     * a wrong number of values -> ``apsw.BindingsError`` saying how many are expected;
-    * an unsupported value type -> ``TypeError`` naming the parameter.
+    * an unsupported value type -> ``TypeError`` naming the parameter;
+    * an integer outside 64 bits -> ``OverflowError`` naming the parameter.
     """
     if isinstance(exc, KeyError):
         key = exc.args[0] if exc.args else None
         if key in names:
-            text = f"missing value for named parameter :{key} in statement {sql!r}"
+            text = f"missing value for named parameter {_display_name(str(key))} in statement {sql!r}"
             if isinstance(given, Mapping):
                 unknown = sorted(str(k) for k in given if k not in names)
                 if unknown:
@@ -125,6 +184,14 @@ def binding_error(
                 f"statement {sql!r} takes {len(names)} parameter value(s): {message}"
             )
         return None
+    if isinstance(exc, OverflowError):
+        where = _out_of_range(names, given)
+        if where is None:
+            return None
+        return OverflowError(
+            f"integer too large for {where} of statement {sql!r}: SQLite integers are 64-bit "
+            "(-2**63 .. 2**63-1); store larger numbers as text or blobs"
+        )
     if isinstance(exc, TypeError):
         message = str(exc)
         marker = "argument #"

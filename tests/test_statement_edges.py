@@ -1,0 +1,144 @@
+"""Edge cases of statements: re-entry, schema changes, resets, threads, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import weakref
+from collections import namedtuple
+
+import apsw
+import pytest
+
+import appdb
+
+
+def test_get_never_evaluates_a_second_row(small: appdb.AppDatabase) -> None:
+    small.exec("CREATE TABLE v (n INTEGER); INSERT INTO v VALUES (1), (-9223372036854775808)")
+    # abs() of the second row overflows: get() and scalar() must not step onto it
+    stmt = small.prepare("SELECT abs(n) AS a FROM v ORDER BY rowid")
+    assert stmt.get() == {"a": 1}
+    assert stmt.scalar() == 1
+    assert small.connection.txn_state() == 0
+    with pytest.raises(apsw.SQLError, match="overflow"):
+        stmt.all()
+    assert small.connection.txn_state() == 0
+
+
+def test_point_lookups_and_scans_both_reset(small: appdb.AppDatabase) -> None:
+    for sql in (
+        "SELECT * FROM t WHERE id = ?",  # at most one row
+        "SELECT * FROM t WHERE id >= ? ORDER BY id",  # many rows
+        "SELECT count(*) FROM t WHERE id >= ?",  # aggregate
+    ):
+        stmt = small.prepare(sql)
+        for _ in range(3):
+            assert stmt.get(1) is not None
+            assert small.connection.txn_state() == 0
+
+
+def test_columns_follow_renames_done_through_statements(small: appdb.AppDatabase) -> None:
+    stmt = small.prepare("SELECT * FROM t WHERE id = 1")
+    assert stmt.get() == {"id": 1, "name": "a", "score": 1.5}
+    small.prepare("ALTER TABLE t RENAME COLUMN name TO title").run()
+    assert stmt.get() == {"id": 1, "title": "a", "score": 1.5}
+    assert stmt.columns == ("id", "title", "score")
+    assert [row["title"] for row in stmt.iterate()] == ["a"]
+
+
+def test_reentry_from_a_sql_function(small: appdb.AppDatabase) -> None:
+    def g(n: int) -> int:
+        if n <= 0:
+            return 1
+        return int(stmt.scalar(n - 1)) + int(stmt.scalar(n - 1))  # two nested calls in a row
+
+    small.connection.create_scalar_function("g", g, 1)
+    stmt = small.prepare("SELECT g(?)")
+    assert stmt.scalar(4) == 16
+    assert stmt.scalar(1) == 2
+    assert small.connection.txn_state() == 0
+
+
+def test_concurrent_prepare_with_a_small_cache(impl: object, db_path: object) -> None:
+    with appdb.init_database(":memory:", statement_cache_size=8) as db:
+        errors: list[BaseException] = []
+
+        def work(n: int) -> None:
+            try:
+                for i in range(300):
+                    value = (i * 7 + n) % 40
+                    assert db.prepare(f"SELECT {value} AS v").scalar() == value
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        stats = db.statement_cache_stats()
+        assert stats.size <= 8
+        assert stats.hits + stats.misses == 16 * 300
+        sql = "SELECT 1 AS v"
+        assert db.prepare(sql) is db.prepare(sql)
+
+
+def test_run_many_is_atomic_inside_a_transaction(small: appdb.AppDatabase) -> None:
+    insert = small.prepare("INSERT INTO t (id, name) VALUES (?, ?)")
+    with small.transaction():
+        insert.run(10, "kept")
+        with pytest.raises(apsw.ConstraintError):
+            insert.run_many([(20, "x"), (21, "y"), (1, "duplicate")])
+        insert.run(11, "kept too")
+    ids = [row["id"] for row in small.prepare("SELECT id FROM t WHERE id >= 10 ORDER BY id").all()]
+    assert ids == [10, 11]
+
+
+def test_binding_edge_cases(small: appdb.AppDatabase) -> None:
+    small.exec("CREATE TABLE flags (f)")
+    insert = small.prepare("INSERT INTO flags VALUES (?)")
+    assert insert.run_many([True, False, None, 3, 2.5, "x", b"y"]).changes == 7
+    with pytest.raises(OverflowError, match="parameter 1"):
+        insert.run(2**70)
+    with pytest.raises(OverflowError, match="parameter :big"):
+        small.prepare("SELECT :big").get(big=-(2**64))
+    Pair = namedtuple("Pair", "a b")
+    assert small.prepare("SELECT ? AS x, ? AS y").get(Pair(1, 2)) == {"x": 1, "y": 2}
+    with pytest.raises(apsw.BindingsError, match=r"parameter \?1"):
+        small.prepare("SELECT ?1, :a").get({"a": 1})
+
+
+def test_weak_references_and_no_stray_attributes(small: appdb.AppDatabase) -> None:
+    stmt = small.prepare("SELECT * FROM t")
+    rows = stmt.iterate()
+    assert weakref.ref(stmt)() is stmt
+    assert weakref.ref(rows)() is rows
+    with pytest.raises(AttributeError):
+        stmt.tag = 1  # type: ignore[attr-defined]
+    rows.close()
+
+
+def test_ctrl_c_interrupts_a_thread_waiting_for_the_lock(small: appdb.AppDatabase) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with small.transaction():
+            entered.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    entered.wait(10)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            small.prepare("SELECT count(*) FROM t").scalar()  # waits for the transaction
+    finally:
+        release.set()
+        holder.join(10)
+        timer.cancel()
+    assert small.prepare("SELECT count(*) FROM t").scalar() == 5
