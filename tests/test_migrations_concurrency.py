@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
+
+import apsw
+import pytest
 
 import appdb
-from appdb.migrations import MigrationRunner
+from appdb.migrations import Migration, MigrationRunner
 
 CHILD = Path(__file__).parent / "migration_fixtures" / "race_child.py"
 PROCESSES = 8
@@ -79,3 +84,92 @@ def test_processes_racing_on_a_new_database_apply_each_migration_once(tmp_path: 
         assert [a.version for a in MigrationRunner(db).get_applied_migrations()] == [1, 2, 3]
         assert db.pragma("user_version") == 3
         assert db.pragma("integrity_check") == "ok"
+
+
+SLOW_CHILD = """
+import importlib, json, sys, time
+from pathlib import Path
+from appdb import _select
+_select.impl = importlib.import_module(
+    "appdb._fastcache_py" if sys.argv[1] == "python" else "appdb._fastcache"
+)
+import appdb
+db_path, folder, start = sys.argv[2:5]
+while not Path(start).exists():
+    time.sleep(0.001)
+try:
+    with appdb.init_database(db_path, migrations=folder, pragmas={"busy_timeout": 100}) as db:
+        statuses = [r.status for r in db.migration_results]
+        print(json.dumps({"version": db.get_schema_version(), "statuses": statuses}))
+except Exception as exc:
+    print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+"""
+
+
+def _slow_migrations(folder: Path) -> None:
+    folder.mkdir()
+    (folder / "001_slow.py").write_text(
+        "import time\n\n"
+        "def up(db):\n"
+        "    db.exec('CREATE TABLE big (x)')\n"
+        "    time.sleep(1.0)  # a long backfill: 10 times busy_timeout\n"
+    )
+    (folder / "002_after.sql").write_text("-- migrate:up\nCREATE TABLE after (x);\n")
+
+
+def test_processes_wait_for_a_migration_longer_than_busy_timeout(impl: ModuleType, tmp_path: Path) -> None:
+    folder = tmp_path / "migrations"
+    _slow_migrations(folder)
+    db_path = tmp_path / "data" / "app.db"
+    appdb.init_database(db_path).close()
+    child = tmp_path / "slow_child.py"
+    child.write_text(SLOW_CHILD)
+    start = tmp_path / "start"
+    env = dict(os.environ)
+    source_root = str(Path(appdb.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
+    name = "python" if impl.__name__.endswith("_py") else "cython"
+    children = [
+        subprocess.Popen(
+            [sys.executable, str(child), name, str(db_path), str(folder), str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(4)
+    ]
+    time.sleep(0.3)  # let them import appdb
+    start.touch()
+    reports = []
+    for process in children:
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        reports.append(json.loads(out))
+    assert [r.get("version", r) for r in reports] == [2] * 4
+    statuses = sorted(s for r in reports for s in r["statuses"])
+    assert statuses == ["applied", "applied"]  # each migration applied once, by whoever got the lock
+    with appdb.init_database(db_path) as db:
+        assert [a.version for a in MigrationRunner(db).get_applied_migrations()] == [1, 2]
+
+
+def test_a_lock_held_past_the_wait_is_reported_as_locked_not_failed(
+    impl: ModuleType, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    migrations = [Migration(1, "t", "CREATE TABLE t (x);")]
+    with appdb.init_database(db_path, pragmas={"busy_timeout": 50}) as db:
+        other = apsw.Connection(str(db_path))
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with caplog.at_level(logging.WARNING, logger="appdb"):
+                with pytest.raises(appdb.MigrationError) as info:
+                    MigrationRunner(db, lock_wait=0.3).run_migrations(migrations)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        message = str(info.value)
+        assert "migration 1 (t)" in message and "stayed locked" in message and "failed" not in message
+        assert caplog.text.count("waits for the write lock") == 1
+        assert db.get_schema_version() == 0
+        (result,) = MigrationRunner(db).run_migrations(migrations)
+        assert result.status == "applied"

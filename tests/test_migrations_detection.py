@@ -111,6 +111,104 @@ def test_data_loss_is_detected_by_execution(
 
 
 @pytest.mark.parametrize(
+    "sql",
+    [
+        pytest.param(
+            "ALTER TABLE users DROP COLUMN email; ALTER TABLE users ADD COLUMN email TEXT;",
+            id="drop-and-re-add-column",
+        ),
+        pytest.param(
+            """
+            CREATE TABLE new_users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT);
+            INSERT INTO new_users (id, name) SELECT id, name FROM users;
+            DROP TABLE users;
+            ALTER TABLE new_users RENAME TO users;
+            """,
+            id="rebuild-not-copying-a-column",
+        ),
+        pytest.param(
+            """
+            ALTER TABLE users RENAME TO old_users;
+            CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT);
+            INSERT INTO users (id, name) SELECT id, name FROM old_users;
+            DROP TABLE old_users;
+            """,
+            id="rename-away-rebuild",
+        ),
+        pytest.param(
+            """
+            CREATE TABLE users_copy AS SELECT id, name FROM users;
+            DROP TABLE users;
+            CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT);
+            INSERT INTO users (id, name) SELECT id, name FROM users_copy;
+            DROP TABLE users_copy;
+            """,
+            id="drop-and-recreate",
+        ),
+    ],
+)
+def test_values_lost_by_a_rebuild_or_re_added_column_are_data_loss(
+    impl: ModuleType, people: appdb.AppDatabase, sql: str
+) -> None:
+    result = run(people, sql)
+    assert result.status == "blocked", result.detected
+    message = "loses values of column users.email (1,234 non-null values before, 0 after)"
+    assert [(f.kind, f.column, f.count, f.message) for f in result.detected if f.loses_data] == [
+        ("lose_values", "email", 1234, message)
+    ]
+    assert isinstance(result.error, appdb.DestructiveMigrationError) and message in str(result.error)
+    assert "rows kept" not in " ".join(str(f) for f in result.detected)
+    assert people.prepare("SELECT count(email) FROM users").scalar() == 1234
+    assert people.get_schema_version() == 0
+    (approved,) = MigrationRunner(people).run_migrations(
+        [Migration(1, "change", sql)], allow_destructive=True
+    )
+    assert approved.status == "applied"
+    assert people.prepare("SELECT count(email) FROM users").scalar() == 0
+
+
+@pytest.fixture
+def notes(people: appdb.AppDatabase) -> appdb.AppDatabase:
+    """``people`` plus an FTS5 table ``notes`` with 50 rows (and its shadow tables)."""
+    people.exec("CREATE VIRTUAL TABLE notes USING fts5(body)")
+    people.prepare("INSERT INTO notes (body) VALUES (?)").run_many((f"note {i}",) for i in range(50))
+    return people
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("DROP TABLE notes;", "drops table notes (50 rows)"),
+        ("DELETE FROM notes WHERE rowid > 10;", "deletes 40 rows from notes (50 -> 10)"),
+    ],
+)
+def test_data_loss_in_a_virtual_table_is_detected(
+    impl: ModuleType, notes: appdb.AppDatabase, sql: str, message: str
+) -> None:
+    result = run(notes, sql)
+    assert result.status == "blocked"
+    assert [str(f) for f in result.detected] == [message]  # one finding: shadow tables are not listed
+    assert message in str(result.error)
+    assert notes.prepare("SELECT count(*) FROM notes WHERE notes MATCH 'note'").scalar() == 50
+    (approved,) = MigrationRunner(notes).run_migrations([Migration(1, "change", sql)], allow_destructive=True)
+    assert approved.status == "applied" and [str(f) for f in approved.detected] == [message]
+
+
+def test_virtual_tables_that_keep_their_rows_apply(impl: ModuleType, notes: appdb.AppDatabase) -> None:
+    result = run(
+        notes,
+        """
+        CREATE VIRTUAL TABLE tags USING fts5(tag);
+        INSERT INTO tags (tag) VALUES ('a');
+        INSERT INTO notes (notes) VALUES ('rebuild');
+        ALTER TABLE notes RENAME TO memos;
+        """,
+    )
+    assert result.status == "applied", result.error
+    assert [(f.kind, str(f)) for f in result.detected] == [("rename_table", "renames table notes to memos")]
+
+
+@pytest.mark.parametrize(
     ("sql", "expected"),
     [
         (
@@ -131,6 +229,18 @@ def test_data_loss_is_detected_by_execution(
         ("DROP INDEX users_name;", [("drop_index", "drops index users_name")]),
         ("DROP TABLE empty_table;", [("drop_table", "drops table empty_table (it was empty)")]),
         ("ALTER TABLE users ADD COLUMN age INTEGER; UPDATE users SET email = lower(email);", []),
+        # plain UPDATEs are not judged, even next to schema changes of the same table
+        ("ALTER TABLE users ADD COLUMN age INTEGER; UPDATE users SET email = NULL WHERE id < 100;", []),
+        ("CREATE TABLE IF NOT EXISTS users (x); UPDATE users SET email = NULL WHERE id < 100;", []),
+        (  # changing a column's type through a new column keeps its values
+            """
+            ALTER TABLE users ADD COLUMN email_new BLOB;
+            UPDATE users SET email_new = CAST(email AS BLOB);
+            ALTER TABLE users DROP COLUMN email;
+            ALTER TABLE users RENAME COLUMN email_new TO email;
+            """,
+            [],
+        ),
         (
             "DELETE FROM sessions WHERE id = 1;"
             "INSERT INTO sessions (user_id, expired) VALUES (9, 0), (9, 0);",

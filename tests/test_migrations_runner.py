@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from types import ModuleType
@@ -230,11 +234,15 @@ def test_non_transactional_migration_runs_outside_a_transaction(
     ]
     results = MigrationRunner(db).run_migrations(migrations)
     assert [r.status for r in results] == ["applied", "applied", "applied"]
-    assert states == [False] and db.get_schema_version() == 3
-    failing = Migration(4, "bad_vacuum", "VACUUM nowhere", transactional=False)
+    # once on the private copy that checks it loses no data, once on the database
+    assert states == [False, False] and db.get_schema_version() == 3
+    failing = Migration(4, "bad_vacuum", "CREATE TABLE partial (x); VACUUM nowhere", transactional=False)
     (result,) = MigrationRunner(db).run_migrations([*migrations, failing])
     assert result.status == "failed" and "runs outside a transaction" in str(result.error)
-    assert db.get_schema_version() == 3
+    assert "failed on a private copy of the database, so it was not run on the database itself" in str(
+        result.error
+    )
+    assert db.get_schema_version() == 3 and "partial" not in tables(db)  # the real file was not touched
 
 
 REBUILD = """
@@ -421,15 +429,89 @@ def test_a_full_disk_during_a_migration_rolls_it_back_cleanly(
     assert result.status == "applied" and db.prepare("SELECT count(*) FROM big").scalar() == 50
 
 
-def test_non_transactional_data_loss_is_reported_and_logged(
-    impl: ModuleType, db: appdb.AppDatabase, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("DELETE FROM t", "deletes 2 rows from t (2 -> 0)"),
+        ("DROP TABLE t; VACUUM", "drops table t (2 rows)"),
+    ],
+)
+def test_non_transactional_data_loss_is_blocked_before_it_runs(
+    impl: ModuleType, db_path: Path, sql: str, message: str
 ) -> None:
-    db.exec("CREATE TABLE t (x); INSERT INTO t VALUES (1), (2);")
-    with caplog.at_level(logging.WARNING, logger="appdb"):
-        (result,) = MigrationRunner(db).run_migrations(
-            [Migration(1, "purge", "DELETE FROM t", transactional=False)]
+    with appdb.init_database(db_path) as db:
+        db.exec("CREATE TABLE t (x); INSERT INTO t VALUES (1), (2);")
+    migrations = [Migration(1, "purge", sql, transactional=False)]
+    with appdb.init_database(db_path, migrations=migrations) as db:
+        (result,) = db.migration_results
+        assert result.status == "blocked" and [str(f) for f in result.detected] == [message]
+        assert isinstance(result.error, appdb.DestructiveMigrationError) and message in str(result.error)
+        assert db.get_schema_version() == 0
+        assert db.prepare("SELECT count(*) FROM t").scalar() == 2  # found out on a private copy
+    with appdb.init_database(db_path, migrations=migrations, allow_destructive=True) as db:
+        (result,) = db.migration_results
+        assert result.status == "applied" and [str(f) for f in result.detected] == [message]
+        assert db.get_schema_version() == 1
+
+
+CALLABLE_MIGRATIONS = """
+import functools
+
+from appdb.migrations import Migration
+
+
+def create(db, table, marker=None):
+    db.exec(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY)")
+
+
+class AddIndex:
+    def __call__(self, db):
+        db.exec("CREATE INDEX users_id ON users (id)")
+
+
+MIGRATIONS = [
+    Migration(1, "users", functools.partial(create, table="users", marker=object())),
+    Migration(2, "index", AddIndex()),
+    Migration(3, "nested", functools.partial(functools.partial(create, table="other"))),
+]
+"""
+
+CALLABLE_CHILD = """
+import importlib, json, sys
+from appdb import _select
+_select.impl = importlib.import_module(
+    "appdb._fastcache_py" if sys.argv[1] == "python" else "appdb._fastcache"
+)
+import appdb
+from callable_migrations import MIGRATIONS
+try:
+    with appdb.init_database(sys.argv[2], migrations=MIGRATIONS) as db:
+        print(json.dumps({"version": db.get_schema_version(), "checksums": [m.checksum for m in MIGRATIONS]}))
+except appdb.MigrationError as exc:
+    print(json.dumps({"error": str(exc)}))
+"""
+
+
+def test_callable_migrations_keep_their_checksum_across_processes(
+    impl: ModuleType, db_path: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "callable_migrations.py").write_text(CALLABLE_MIGRATIONS)
+    child = tmp_path / "child.py"
+    child.write_text(CALLABLE_CHILD)
+    env = dict(os.environ)
+    source_root = str(Path(appdb.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, str(tmp_path), env.get("PYTHONPATH")) if p)
+    name = "python" if impl.__name__.endswith("_py") else "cython"
+    reports = []
+    for _ in range(2):  # a restart: a fresh process builds the same migrations again
+        done = subprocess.run(
+            [sys.executable, str(child), name, str(db_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
         )
-    assert result.status == "applied" and [str(f) for f in result.detected] == [
-        "deletes 2 rows from t (2 -> 0)"
-    ]
-    assert "migration 1 (purge) ran outside a transaction and lost data without approval" in caplog.text
+        assert done.returncode == 0, done.stderr
+        reports.append(json.loads(done.stdout))
+    # the second start opens: no checksum changed (the marker's repr holds a memory address)
+    assert reports[0] == reports[1] and reports[1]["version"] == 3

@@ -1,11 +1,14 @@
 """Data-loss detection by execution: an authorizer log plus a schema and row-count diff.
 
-Before a migration runs, :func:`capture` records every table of ``main`` with its
-columns, row count and non-null count per column (one scan per table). While it
-runs, :class:`Watcher` (SQLite's authorizer) logs drops, column drops, renames and
-deletes, and refuses statements that would break the migration's transaction.
+Before a migration runs, :func:`capture` records every table of ``main`` (virtual
+tables such as FTS5 ones included, their shadow tables left out) with its columns,
+row count and non-null count per column (one scan per table). While it runs,
+:class:`Watcher` (SQLite's authorizer) logs creations, drops, column drops, renames
+and deletes, and refuses statements that would break the migration's transaction.
 Afterwards :func:`diff` compares the two states: a table rebuild that keeps its
-rows is a modification; lost tables, columns or rows holding data are data loss.
+rows and values is a modification; lost tables, columns or rows holding data are
+data loss, and so are values a rebuilt table (or a dropped and re-added column)
+no longer holds. Plain ``UPDATE``s are not judged.
 """
 
 from __future__ import annotations
@@ -35,12 +38,19 @@ def quote(name: str) -> str:
 
 @dataclass(frozen=True)
 class TableState:
-    """One table: its stored columns in order, its rows and non-null values per column."""
+    """One table: its stored columns in order, its rows and non-null values per column.
+
+    ``rootpage`` and ``sql`` come from ``sqlite_schema`` (they tell a table recreated
+    under the same name from the one it replaced); ``virtual`` marks a virtual table.
+    """
 
     name: str
     columns: tuple[str, ...]
     rows: int
     non_null: dict[str, int]
+    rootpage: int = 0
+    sql: str = ""
+    virtual: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,26 +62,33 @@ class SchemaState:
 
 
 def capture(connection: apsw.Connection) -> SchemaState:
-    """Record the tables, columns, row counts and other schema objects of ``main``."""
+    """Record the tables, columns, row counts and other schema objects of ``main``.
+
+    Virtual tables are recorded too (``count(*)`` works on FTS5 and most modules);
+    their shadow tables (type ``shadow`` in ``pragma_table_list``) are not, since
+    they belong to their virtual table. A virtual table that cannot be read (its
+    module is not loaded, say) is left out.
+    """
     tables: dict[str, TableState] = {}
-    names = [
-        row[0]
+    stored = {
+        str(row[0]): (int(row[1] or 0), str(row[2] or ""))
         for row in connection.execute(
-            "SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'table'"
+            "SELECT name, rootpage, sql FROM main.sqlite_schema WHERE type = 'table'"
+        )
+    }
+    listed = [
+        (str(row[0]), row[1] == "virtual")
+        for row in connection.execute(
+            "SELECT name, type FROM pragma_table_list WHERE schema = 'main' AND type IN ('table', 'virtual')"
         )
         if not row[0].startswith("sqlite_") and row[0] != MIGRATIONS_TABLE
     ]
-    for name in names:
-        columns = tuple(
-            row[0]
-            for row in connection.execute(
-                "SELECT name FROM pragma_table_xinfo(?, 'main') WHERE hidden = 0", (name,)
-            )
-        )
-        counts = ", ".join(["count(*)", *(f"count({quote(c)})" for c in columns)])
-        values = connection.execute(f"SELECT {counts} FROM main.{quote(name)}").get
-        assert isinstance(values, tuple)
-        tables[name] = TableState(name, columns, int(values[0]), dict(zip(columns, map(int, values[1:]))))
+    for name, virtual in listed:
+        rootpage, sql = stored.get(name, (0, ""))
+        counted = _count(connection, name, virtual)
+        if counted is not None:
+            columns, rows, non_null = counted
+            tables[name] = TableState(name, columns, rows, non_null, rootpage, sql, virtual)
     objects: dict[tuple[str, str], str] = {
         (row[0], row[1]): row[2]
         for row in connection.execute(
@@ -80,6 +97,31 @@ def capture(connection: apsw.Connection) -> SchemaState:
         if not row[1].startswith("sqlite_")
     }
     return SchemaState(tables, objects)
+
+
+def _count(
+    connection: apsw.Connection, name: str, virtual: bool
+) -> tuple[tuple[str, ...], int, dict[str, int]] | None:
+    """``(columns, rows, non-null values per column)`` of one table, in one scan."""
+    columns = tuple(
+        row[0]
+        for row in connection.execute(
+            "SELECT name FROM pragma_table_xinfo(?, 'main') WHERE hidden = 0", (name,)
+        )
+    )
+    counts = ", ".join(["count(*)", *(f"count({quote(c)})" for c in columns)])
+    try:
+        values = connection.execute(f"SELECT {counts} FROM main.{quote(name)}").get
+    except apsw.Error:
+        if not virtual:
+            raise
+        try:  # some modules cannot return column values (an external content table is gone, say)
+            rows = connection.execute(f"SELECT count(*) FROM main.{quote(name)}").get
+        except apsw.Error:
+            return None
+        return (), int(rows), {}
+    assert isinstance(values, tuple)
+    return columns, int(values[0]), dict(zip(columns, map(int, values[1:])))
 
 
 @dataclass
@@ -94,6 +136,7 @@ class Watcher:
     connection: apsw.Connection | None = None
     transactional: bool = True
     dropped_tables: set[str] = field(default_factory=set)
+    created_tables: set[str] = field(default_factory=set)
     altered_tables: set[str] = field(default_factory=set)
     dropped_columns: set[tuple[str, str]] = field(default_factory=set)
     deleted_from: set[str] = field(default_factory=set)
@@ -132,8 +175,10 @@ class Watcher:
         return apsw.SQLITE_OK
 
     def _log(self, op: int, p1: str | None, p2: str | None, dbname: str | None) -> None:
-        if op == apsw.SQLITE_DROP_TABLE and p1:
+        if op in (apsw.SQLITE_DROP_TABLE, apsw.SQLITE_DROP_VTABLE) and p1:
             self.dropped_tables.add(p1)
+        elif op in (apsw.SQLITE_CREATE_TABLE, apsw.SQLITE_CREATE_VTABLE) and p1:
+            self.created_tables.add(p1)
         elif op == apsw.SQLITE_DELETE and p1 and not p1.startswith("sqlite_"):
             self.deleted_from.add(p1)
         elif op == apsw.SQLITE_ALTER_TABLE and p1 == "main" and p2:
@@ -215,6 +260,7 @@ def _changed_table(old: TableState, new: TableState, log: Watcher) -> list[Findi
                     "drop_column", name, f"drops column {name}.{column} (it held no values)", False, column
                 )
             )
+    findings.extend(_lost_values(old, new, log))
     if new.rows < old.rows:
         lost = old.rows - new.rows
         findings.append(
@@ -235,12 +281,60 @@ def _changed_table(old: TableState, new: TableState, log: Watcher) -> list[Findi
                 loses_data=False,
             )
         )
-    if name in log.dropped_tables and not any(f.loses_data for f in findings):
+    if _rebuilt(old, new, log) and not any(f.loses_data for f in findings):
         findings.append(
             Finding(
                 "rebuild_table", name, f"rebuilds table {name} (all {plural(old.rows, 'row')} kept)", False
             )
         )
+    return findings
+
+
+def _rebuilt(old: TableState, new: TableState, log: Watcher) -> bool:
+    """True when the table after the migration is a new table under the old name.
+
+    It was dropped (and another created or renamed in its place), created again
+    while the old one had been renamed away, or renamed over by another table
+    (its root page changed). ``CREATE TABLE IF NOT EXISTS`` on it changes nothing.
+    """
+    name = old.name
+    moved = new.rootpage != old.rootpage
+    return (
+        name in log.dropped_tables
+        or (name in log.created_tables and (moved or new.sql != old.sql))
+        or (name in log.altered_tables and moved)
+    )
+
+
+def _lost_values(old: TableState, new: TableState, log: Watcher) -> list[Finding]:
+    """Values a rebuilt table, or a column dropped and added again, no longer holds.
+
+    Judged by non-null counts, for columns present before and after: fewer non-null
+    values than the rows the table lost can explain is data loss. Values overwritten
+    in place (an ``UPDATE``, a default filled in) are not judged.
+    """
+    name = old.name
+    rebuilt = _rebuilt(old, new, log)
+    lost_rows = max(old.rows - new.rows, 0)
+    findings: list[Finding] = []
+    for column in old.columns:
+        if column not in new.columns or column not in old.non_null or column not in new.non_null:
+            continue
+        if not (rebuilt or (name, column) in log.dropped_columns):
+            continue
+        before, after = old.non_null[column], new.non_null[column]
+        if before - after > lost_rows:
+            findings.append(
+                Finding(
+                    "lose_values",
+                    name,
+                    f"loses values of column {name}.{column} "
+                    f"({plural(before, 'non-null value')} before, {after:,} after)",
+                    loses_data=True,
+                    column=column,
+                    count=before - after,
+                )
+            )
     return findings
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Union
@@ -34,15 +36,48 @@ def checksum_text(text: str) -> str:
     return hashlib.sha256(normalised.encode("utf-8")).hexdigest()
 
 
-def _step_text(step: Step | None) -> str:
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _stable_repr(value: object) -> str:
+    """``repr(value)`` without memory addresses, which change from one process to the next."""
+    return _ADDRESS.sub("", repr(value))
+
+
+def _name_of(obj: object) -> str:
+    """``module.qualname`` of a function or class (never its ``repr``)."""
+    module = getattr(obj, "__module__", None) or ""
+    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    if qualname is None:  # an instance of a class without a name of its own
+        return f"{_name_of(type(obj))} instance"
+    return f"{module}.{qualname}"
+
+
+def _source_or_name(obj: object) -> str:
+    try:
+        return inspect.getsource(obj)  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return _name_of(obj)
+
+
+def _step_text(step: object) -> str:
+    """Checksum material of a step: stable from one process to the next.
+
+    SQL text is itself; a function or method its source; a ``functools.partial`` the
+    text of what it wraps plus its arguments; a callable instance its class's source;
+    anything else (no source available) its ``module.qualname``.
+    """
     if step is None:
         return ""
     if isinstance(step, str):
         return step
-    try:
-        return inspect.getsource(step)
-    except (OSError, TypeError):
-        return f"{getattr(step, '__module__', '')}.{getattr(step, '__qualname__', repr(step))}"
+    if isinstance(step, functools.partial):
+        arguments = [_stable_repr(a) for a in step.args]
+        arguments += [f"{k}={_stable_repr(v)}" for k, v in sorted(step.keywords.items())]
+        return f"partial({', '.join(arguments)}) of\n{_step_text(step.func)}"
+    if inspect.isroutine(step) or inspect.isclass(step):
+        return _source_or_name(step)
+    return f"instance of\n{_source_or_name(type(step))}"
 
 
 @dataclass(frozen=True)
@@ -53,10 +88,13 @@ class Migration:
     when approved. ``transactional=False`` runs ``up``/``down`` outside any
     transaction (for statements such as ``VACUUM``): such a migration is not atomic,
     is not undone on failure and may run twice when processes race, so keep it
-    idempotent. ``foreign_keys=False`` runs it with foreign-key enforcement off
+    idempotent; unless approved as destructive it first runs on a private copy, so
+    that data loss or failure is found before the real file changes.
+    ``foreign_keys=False`` runs it with foreign-key enforcement off
     (needed to rebuild a table) and checks every foreign key before committing.
-    ``checksum`` defaults to a hash of ``up`` and ``down``; discovery sets it to the
-    hash of the file and ``source`` to the file's path.
+    ``checksum`` defaults to a hash of ``up`` and ``down`` (SQL text, or callables'
+    source: stable from one process to the next); discovery sets it to the hash of
+    the file and ``source`` to the file's path.
     """
 
     version: int

@@ -28,6 +28,14 @@ _STATUS_UP: dict[str, Status] = {"done": "applied", "blocked": "blocked", "faile
 _STATUS_DOWN: dict[str, Status] = {"done": "rolled_back", "blocked": "blocked", "failed": "failed"}
 
 
+#: How long a migration waits for the write lock that another process holds (seconds).
+LOCK_WAIT = 600.0
+
+
+class _LockedOut(MigrationError):
+    """The database stayed locked by another connection for the whole wait."""
+
+
 class _Blocked(Exception):
     """Raised inside a migration's transaction to roll back undeclared data loss."""
 
@@ -74,10 +82,14 @@ class MigrationRunner:
     ``db`` is an :class:`~appdb.AppDatabase` or a bare ``apsw.Connection`` (wrapped).
     Each migration and its bookkeeping row commit in one ``BEGIN IMMEDIATE``
     transaction, taken before reading what is applied, so several processes can
-    run the same migrations at once and each is applied exactly once.
+    run the same migrations at once and each is applied exactly once. When another
+    process holds the write lock longer than ``busy_timeout`` (it is applying a long
+    migration, say), the runner keeps waiting for up to ``lock_wait`` seconds (10
+    minutes by default), then re-reads what is applied; if the lock is still held
+    after that, ``MigrationError`` says the database stayed locked.
     """
 
-    def __init__(self, db: AppDatabase | apsw.Connection) -> None:
+    def __init__(self, db: AppDatabase | apsw.Connection, *, lock_wait: float = LOCK_WAIT) -> None:
         if isinstance(db, apsw.Connection):
             db = AppDatabase(db, db.filename or ":memory:", readonly=bool(db.readonly("main")))
         if not isinstance(db, AppDatabase):
@@ -85,6 +97,7 @@ class MigrationRunner:
                 f"MigrationRunner needs an AppDatabase or apsw.Connection, not {type(db).__name__}"
             )
         self.db = db
+        self.lock_wait = float(lock_wait)
 
     # -- reading ---------------------------------------------------------------
     def get_applied_migrations(self) -> list[AppliedMigration]:
@@ -150,6 +163,9 @@ class MigrationRunner:
         Returns one result per pending migration considered: ``applied``, ``blocked``
         (destructive, declared or detected, and not approved: rolled back), ``failed``
         (rolled back; ``error`` names the migration), or ``skipped`` (after a stop).
+        A ``transactional=False`` migration that is not approved runs on a private
+        copy first and is ``blocked`` (or ``failed``) there before the real file changes.
+        ``MigrationError`` when another connection keeps the write lock past ``lock_wait``.
         ``dry_run`` runs everything on a private copy and reports ``pending`` instead,
         with ``detected`` filled for every migration, skipped ones included. A changed
         checksum raises ``MigrationError`` unless ``repair_checksums`` re-records it.
@@ -308,6 +324,47 @@ class MigrationRunner:
                 return self._execute_atomic(migration, direction, step, approved)
             return self._execute_outside(migration, direction, step, approved)
 
+    @contextmanager
+    def _write_lock(self, migration: Migration, direction: Direction, *, ran: bool = False) -> Iterator[None]:
+        """A ``BEGIN IMMEDIATE`` transaction, waiting up to ``lock_wait`` for another writer.
+
+        ``BEGIN IMMEDIATE`` itself waits ``busy_timeout``; while it keeps failing with
+        ``BusyError`` (another process is applying a long migration), try again.
+        """
+        deadline: float | None = None
+        while True:
+            began = False
+            try:
+                with self.db.transaction(mode="immediate"):
+                    began = True
+                    yield
+                return
+            except apsw.BusyError as exc:
+                if began:
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.lock_wait
+                    logger.warning(
+                        "%s waits for the write lock of %r: another process or connection holds it "
+                        "(probably applying migrations); waiting up to %.0f s",
+                        _head(migration, direction),
+                        self.db.path,
+                        self.lock_wait,
+                    )
+                if now >= deadline:
+                    what = (
+                        "ran outside a transaction but could not be recorded"
+                        if ran
+                        else "did not run (nothing was changed by it)"
+                    )
+                    raise _LockedOut(
+                        f"{_head(migration, direction)} {what}: the database {self.db.path!r} stayed "
+                        f"locked by another process or connection for {self.lock_wait:g} s (it may still "
+                        "be applying migrations). Start again once the other one is done"
+                    ) from exc
+                time.sleep(min(0.05, max(deadline - now, 0.0)))
+
     def _is_done(self, migration: Migration, direction: Direction) -> bool:
         applied = migration.version in {a.version for a in ledger.read_applied(self.db.connection)}
         return applied if direction == "up" else not applied
@@ -328,7 +385,7 @@ class MigrationRunner:
         started = time.perf_counter()
         findings: list[Finding] = []
         try:
-            with db.transaction(mode="immediate"):  # the write lock comes before reading what is applied
+            with self._write_lock(migration, direction):  # the lock comes before reading what is applied
                 ledger.ensure_table(connection)
                 if self._is_done(migration, direction):
                     return _Outcome("already", [], 0.0)
@@ -352,6 +409,8 @@ class MigrationRunner:
                 elapsed,
                 destructive_error(migration, blocked.findings, direction),
             )
+        except _LockedOut:
+            raise
         except MigrationError as exc:
             return _Outcome("failed", findings, (time.perf_counter() - started) * 1000, exc)
         except Exception as exc:
@@ -367,11 +426,17 @@ class MigrationRunner:
     ) -> _Outcome:
         db = self.db
         connection = db.connection
-        with db.transaction(mode="immediate"):
+        with self._write_lock(migration, direction):
             ledger.ensure_table(connection)
             if self._is_done(migration, direction):
                 return _Outcome("already", [], 0.0)
         started = time.perf_counter()
+        if not approved:
+            # Nothing can undo it, so find out what it does on a private copy first.
+            rehearsal = self._rehearse(migration, direction)
+            if rehearsal is not None:
+                rehearsal.duration_ms = (time.perf_counter() - started) * 1000
+                return rehearsal
         before = capture(connection)
         try:
             with Watcher(connection, transactional=False) as watcher:
@@ -385,7 +450,7 @@ class MigrationRunner:
             return _Outcome("failed", [], (time.perf_counter() - started) * 1000, error)
         findings = diff(before, capture(connection), watcher)
         elapsed = (time.perf_counter() - started) * 1000
-        with db.transaction(mode="immediate"):
+        with self._write_lock(migration, direction, ran=True):
             if not self._is_done(migration, direction):
                 self._book(migration, direction, elapsed)
         if not approved and any(f.loses_data for f in findings):
@@ -395,6 +460,33 @@ class MigrationRunner:
                 "; ".join(f.message for f in findings if f.loses_data),
             )
         return _Outcome("done", findings, elapsed)
+
+    def _rehearse(self, migration: Migration, direction: Direction) -> _Outcome | None:
+        """Run a non-transactional step on a private copy: its outcome if it must not run here.
+
+        ``blocked`` when it would lose data, ``failed`` when it fails on the copy;
+        ``None`` when it may run on the real database.
+        """
+        with snapshot(self.db) as copy:
+            outcome = MigrationRunner(copy)._execute(migration, direction, True, True)
+        if outcome.status == "failed":
+            cause = outcome.error.__cause__ if outcome.error is not None else None
+            error = MigrationError(
+                f"{_head(migration, direction)} failed on a private copy of the database, so it was not "
+                f"run on the database itself: {_describe(cause) if cause else outcome.error} (it runs "
+                "outside a transaction, so appdb tries it on a copy first when it is not approved as "
+                "destructive)"
+            )
+            error.__cause__ = cause
+            return _Outcome("failed", outcome.findings, 0.0, error)
+        if any(f.loses_data for f in outcome.findings):
+            return _Outcome(
+                "blocked",
+                outcome.findings,
+                0.0,
+                destructive_error(migration, outcome.findings, direction),
+            )
+        return None
 
     def _dry_run(
         self, ordered: list[Migration], allow_destructive: bool, target: int | None
