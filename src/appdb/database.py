@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -13,29 +11,31 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import apsw
 
 from . import _select
+from ._backup import write_backup
 from ._constants import MIGRATIONS_TABLE
+from ._files import file_identity, file_intact, prepare_file
 from ._types import CacheStats, CheckpointResult
-from .errors import DatabaseClosedError, DatabaseOpenError, TransactionError
+from ._walguard import WAL_GUARD_FACTOR, guard_size, install_wal_guard
+from .errors import DatabaseClosedError, DatabaseOpenError
 from .pragmas import WRITE_PRAGMAS, pragma_sql, validate_pragmas
+from .transaction import MODES, Transaction
 
 if TYPE_CHECKING:
     from ._fastcache_py import Statement
     from .migrations import Migration, MigrationResult
 
-__all__ = ["AppDatabase", "init_database"]
+__all__ = ["WAL_GUARD_FACTOR", "AppDatabase", "Transaction", "init_database", "install_wal_guard"]
 
 logger = logging.getLogger("appdb")
 
 T = TypeVar("T")
 
-_MODES = {"deferred": "BEGIN DEFERRED", "immediate": "BEGIN IMMEDIATE", "exclusive": "BEGIN EXCLUSIVE"}
 _CHECKPOINT_MODES = {
     "passive": apsw.SQLITE_CHECKPOINT_PASSIVE,
     "full": apsw.SQLITE_CHECKPOINT_FULL,
     "restart": apsw.SQLITE_CHECKPOINT_RESTART,
     "truncate": apsw.SQLITE_CHECKPOINT_TRUNCATE,
 }
-_FILE_MODE = 0o600
 _OPEN_ERRORS = (apsw.NotADBError, apsw.CorruptError, apsw.CantOpenError, apsw.IOError, apsw.PermissionsError)
 
 
@@ -74,7 +74,7 @@ def init_database(
     settings = validate_pragmas(pragmas)
     memory = text == ":memory:" or text == ""
     if not memory:
-        _prepare_file(text, readonly)
+        prepare_file(text, readonly)
     if vfs is not None and not isinstance(vfs, str):
         raise TypeError(f"vfs must be the name of a registered VFS (str), not {type(vfs).__name__}")
     connection = _connect(text, readonly, statement_cache_size, vfs)
@@ -95,30 +95,6 @@ def init_database(
             db.close()
             raise
     return db
-
-
-def _prepare_file(path: str, readonly: bool) -> None:
-    """Check the path and create the file owner-only (SQLite copies its mode to -wal/-shm)."""
-    if os.path.isdir(path):
-        raise DatabaseOpenError(f"cannot open database {path!r}: the path is a directory")
-    if readonly:
-        if not os.path.exists(path):
-            raise DatabaseOpenError(f"cannot open database {path!r} read-only: the file does not exist")
-        return
-    parent = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as exc:
-        raise DatabaseOpenError(
-            f"cannot create the directory {parent!r} for database {path!r}: {exc.strerror or exc}"
-        ) from exc
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _FILE_MODE)
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise DatabaseOpenError(f"cannot create database file {path!r}: {exc.strerror or exc}") from exc
-    os.close(fd)
 
 
 def _connect(path: str, readonly: bool, statement_cache_size: int, vfs: str | None = None) -> apsw.Connection:
@@ -165,118 +141,6 @@ def _configure(
         install_wal_guard(connection)
 
 
-#: The WAL may grow to this many times ``wal_autocheckpoint`` pages before a commit
-#: waits (up to ``busy_timeout``) for readers so that it can truncate the WAL.
-WAL_GUARD_FACTOR = 4
-
-
-class _WalGuard:
-    """Replacement for SQLite's autocheckpoint hook that readers cannot starve.
-
-    SQLite's own hook runs a PASSIVE checkpoint once the WAL holds
-    ``wal_autocheckpoint`` pages. A PASSIVE checkpoint cannot copy frames newer than
-    the oldest open read snapshot, and the WAL restarts from its beginning only
-    when it was fully copied while no reader used it, so a reader that keeps
-    querying while a writer keeps committing lets the WAL grow without limit
-    (measured: 100 MB in 8 s). This hook does the same PASSIVE checkpoint and, once
-    the WAL reaches ``WAL_GUARD_FACTOR`` times that size, a TRUNCATE checkpoint that
-    waits (busy handler) for the readers of older snapshots to finish, then empties
-    the WAL. If that wait times out it backs off for another such stretch rather
-    than stall every commit behind a long-lived reader. Errors never reach the
-    committing caller: the commit has already succeeded.
-    """
-
-    __slots__ = ("autocheckpoint", "next_truncate")
-
-    def __init__(self, autocheckpoint: int) -> None:
-        self.autocheckpoint = autocheckpoint
-        self.next_truncate = autocheckpoint * WAL_GUARD_FACTOR
-
-    def __call__(self, connection: apsw.Connection, dbname: str, frames: int) -> int:
-        if frames < self.autocheckpoint:
-            return apsw.SQLITE_OK
-        try:
-            if frames >= self.next_truncate:
-                timeout = connection.execute("PRAGMA busy_timeout").get
-                connection.set_busy_handler(_short_waits(timeout))
-                try:
-                    connection.wal_checkpoint(dbname, apsw.SQLITE_CHECKPOINT_TRUNCATE)
-                finally:
-                    connection.set_busy_timeout(timeout)
-                self.next_truncate = self.autocheckpoint * WAL_GUARD_FACTOR
-            else:
-                connection.wal_checkpoint(dbname, apsw.SQLITE_CHECKPOINT_PASSIVE)
-        except apsw.BusyError:
-            self.next_truncate = frames + self.autocheckpoint * WAL_GUARD_FACTOR
-        except apsw.Error as exc:  # e.g. an I/O error: the next commit tries again
-            logger.debug("automatic WAL checkpoint failed: %s", exc)
-        return apsw.SQLITE_OK
-
-
-def _short_waits(timeout_ms: int) -> Callable[[int], bool]:
-    """A busy handler polling every millisecond for up to ``timeout_ms``.
-
-    SQLite's own handler backs off to 100 ms sleeps, far longer than the queries a
-    truncating checkpoint waits for.
-    """
-    deadline = time.monotonic() + timeout_ms / 1000
-
-    def handler(attempts: int) -> bool:
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.001)
-        return True
-
-    return handler
-
-
-_wal_guards: weakref.WeakKeyDictionary[apsw.Connection, _WalGuard] = weakref.WeakKeyDictionary()
-
-
-def install_wal_guard(connection: apsw.Connection) -> None:
-    """Take over ``wal_autocheckpoint`` with :class:`_WalGuard` (0 keeps checkpoints off).
-
-    SQLite then reports ``PRAGMA wal_autocheckpoint`` as 0; ``AppDatabase.pragma``
-    reports the guard's size instead.
-    """
-    pages = connection.execute("PRAGMA wal_autocheckpoint").get
-    if isinstance(pages, int) and pages > 0:
-        guard = _WalGuard(pages)
-        connection.set_wal_hook(guard)
-        _wal_guards[connection] = guard
-    else:
-        _wal_guards.pop(connection, None)
-
-
-_HEADER = b"SQLite format 3\x00"
-
-
-def _file_identity(path: str) -> tuple[int, int] | None:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return (info.st_dev, info.st_ino)
-
-
-def _file_intact(path: str, identity: tuple[int, int] | None) -> bool:
-    """The file at ``path`` is still the one opened, and still starts like a SQLite database.
-
-    A connection keeps writing to the file it opened even after that file was deleted
-    or replaced (everything written then is lost), and SQLite in WAL mode does not
-    notice a file overwritten behind its back until it reads the damaged pages.
-    """
-    try:
-        with open(path, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            header = handle.read(len(_HEADER))
-    except OSError:
-        return False
-    if identity is not None and (info.st_dev, info.st_ino) != identity:
-        return False
-    return header == _HEADER or (header == b"" and info.st_size == 0)
-
-
 class AppDatabase:
     """A tuned SQLite connection with cached prepared statements and transactions.
 
@@ -302,13 +166,13 @@ class AppDatabase:
         statement_cache_size: int = 256,
         row_type: str = "dict",
     ) -> None:
-        begin = _MODES["deferred"] if readonly else _MODES["immediate"]
+        begin = MODES["deferred"] if readonly else MODES["immediate"]
         self._core = _select.impl.DatabaseCore(connection, path, statement_cache_size, row_type, begin)
         self._lock = self._core.lock
         self._path = path
         self._readonly = readonly
         self._memory = path in (":memory:", "")
-        self._identity = None if self._memory else _file_identity(path)
+        self._identity = None if self._memory else file_identity(path)
         self._savepoints = 0
         self.prepare = self._core.prepare
         self.migration_results = []
@@ -364,17 +228,33 @@ class AppDatabase:
         return self._core.statement_cache_stats()  # type: ignore[no-any-return]
 
     def exec(self, sql: str) -> None:
-        """Run a script of one or more SQL statements (no parameters)."""
+        """Run a script of one or more SQL statements (no parameters).
+
+        When a statement fails, the statements before it that committed stay
+        committed; a transaction the script itself opened (``BEGIN ...``) is rolled
+        back before the error is re-raised. Inside ``db.transaction()`` the error
+        is left to that transaction.
+        """
         if not isinstance(sql, str):
             raise TypeError(f"exec() takes SQL text (str), not {type(sql).__name__}")
         with self._lock:
             self._check_open()
-            cursor = self._core.connection.cursor()
+            connection = self._core.connection
+            was_in_transaction = connection.in_transaction
+            cursor = connection.cursor()
             try:
-                for _ in cursor.execute(sql):
-                    pass  # later statements run only as the cursor is read on
-            finally:
-                cursor.close(True)
+                try:
+                    for _ in cursor.execute(sql):
+                        pass  # later statements run only as the cursor is read on
+                finally:
+                    cursor.close(True)
+            except BaseException:
+                if not was_in_transaction and connection.in_transaction:
+                    try:
+                        connection.execute("ROLLBACK")
+                    except apsw.Error as exc:  # keep the script's own error
+                        logger.debug("rolling back after a failed exec() script failed: %s", exc)
+                raise
 
     # -- transactions ----------------------------------------------------------
     def transaction(
@@ -404,7 +284,7 @@ class AppDatabase:
                 if self._core.closed:
                     return False
                 self._core.connection.execute("SELECT count(*) FROM sqlite_schema").fetchall()
-            if not self._memory and not _file_intact(self._path, self._identity):
+            if not self._memory and not file_intact(self._path, self._identity):
                 return False
             return True
         except Exception:
@@ -441,39 +321,26 @@ class AppDatabase:
         """Write a consistent copy of the database to ``dest_path``; return that path.
 
         Safe while other connections keep writing: the copy is one snapshot. It is
-        written to a temporary file first and renamed into place, so a crash never
-        leaves a half-written backup. An existing file is replaced only with
-        ``overwrite=True``.
+        written to a private temporary file next to ``dest_path`` first and renamed
+        into place, so a crash never leaves a half-written backup and overlapping
+        backups never disturb each other. An existing file is replaced only with
+        ``overwrite=True``; the database's own file is never a valid destination
+        (``ValueError``).
         """
-        dest = os.fspath(dest_path)
-        if os.path.isdir(dest):
-            raise IsADirectoryError(f"backup destination {dest!r} is a directory")
-        if os.path.exists(dest) and not overwrite:
-            raise FileExistsError(
-                f"backup destination {dest!r} already exists (pass overwrite=True to replace it)"
-            )
-        parent = os.path.dirname(os.path.abspath(dest))
-        os.makedirs(parent, exist_ok=True)
-        temporary = os.path.join(parent, f".{os.path.basename(dest)}.{os.getpid()}.tmp")
-        for leftover in (temporary, temporary + "-wal", temporary + "-shm", temporary + "-journal"):
-            if os.path.exists(leftover):
-                os.remove(leftover)
-        os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _FILE_MODE))
-        try:
-            target = apsw.Connection(temporary)
-            try:
-                with self._lock:
-                    self._check_open()
-                    with target.backup("main", self._core.connection, "main") as copy:
-                        copy.step(-1)
-            finally:
-                target.close()
-            os.replace(temporary, dest)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-            raise
-        return dest
+
+        def copy(target: apsw.Connection) -> None:
+            with self._lock:
+                self._check_open()
+                with target.backup("main", self._core.connection, "main") as step:
+                    step.step(-1)
+
+        return write_backup(
+            dest_path,
+            overwrite=overwrite,
+            database=None if self._memory else self._path,
+            identity=self._identity,
+            copy=copy,
+        )
 
     def pragma(self, name: str, value: int | str | bool | None = None) -> Any:
         """Read or set a pragma; the name and value are validated (no SQL can be injected).
@@ -499,8 +366,8 @@ class AppDatabase:
                 if value is not None:
                     if not self._readonly:  # SQLite re-installed its own hook: put the guard back
                         install_wal_guard(connection)
-                elif connection in _wal_guards:
-                    rows = [(_wal_guards[connection].autocheckpoint,)]
+                elif (size := guard_size(connection)) is not None:
+                    rows = [(size,)]
         if not rows:
             return None
         if len(rows) == 1 and len(rows[0]) == 1:
@@ -508,13 +375,29 @@ class AppDatabase:
         return [dict(zip(names, row)) for row in rows]
 
     def close(self) -> None:
-        """Close the connection and clear the statement cache. Safe to call twice."""
+        """Close the connection and clear the statement cache. Safe to call twice.
+
+        A transaction still open (begun with SQL such as ``exec("BEGIN")`` and never
+        ended) is rolled back, with a warning on the ``appdb`` logger: its
+        uncommitted changes are discarded. ``close()`` itself never raises for it.
+        """
         if self._core.closed:
             return
         with self._lock:
             if self._core.closed:
                 return
             connection = self._core.connection
+            if connection.in_transaction:
+                logger.warning(
+                    "closing database %r with a transaction still open: rolled back, its uncommitted "
+                    "changes were discarded (end transactions begun with SQL by COMMIT or ROLLBACK, "
+                    "or use db.transaction())",
+                    self._path,
+                )
+                try:
+                    connection.execute("ROLLBACK")
+                except apsw.Error:  # closing discards it anyway
+                    pass
             if not self._readonly and not connection.in_transaction:
                 try:
                     connection.execute("PRAGMA optimize").fetchall()
@@ -522,84 +405,3 @@ class AppDatabase:
                     pass
             self._core.mark_closed()
             connection.close(True)
-
-
-class Transaction:
-    """Context manager made by ``AppDatabase.transaction()``; savepoints when nested."""
-
-    __slots__ = ("_db", "_mode", "_savepoint")
-
-    def __init__(self, db: AppDatabase, mode: str | None) -> None:
-        if mode is not None and mode not in _MODES:
-            raise ValueError(
-                f"transaction mode must be 'deferred', 'immediate' or 'exclusive', not {mode!r}"
-            )
-        self._db = db
-        self._mode = mode
-        self._savepoint: str | None = None
-
-    def __enter__(self) -> AppDatabase:
-        db = self._db
-        db._lock.acquire()
-        try:
-            db._check_open()
-            connection = db._core.connection
-            if connection.in_transaction:
-                db._savepoints += 1
-                self._savepoint = f"appdb_sp_{db._savepoints}"
-                connection.execute(f"SAVEPOINT {self._savepoint}")
-            else:
-                self._savepoint = None
-                connection.execute(_MODES[self._mode] if self._mode else db._core.begin_sql)
-        except BaseException:
-            if self._savepoint is not None:
-                db._savepoints -= 1
-            db._lock.release()
-            raise
-        return db
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        db = self._db
-        try:
-            if db._core.closed:
-                if et is None:
-                    raise DatabaseClosedError(f"the database was closed inside a transaction: {db._path}")
-                return
-            connection = db._core.connection
-            name = self._savepoint
-            if et is None:
-                if not connection.in_transaction:
-                    raise TransactionError(
-                        "the transaction had already ended before it could commit (SQLite rolls back "
-                        "after errors such as a full disk, or SQL inside it ended it): nothing after "
-                        "that point was saved"
-                    )
-                try:
-                    connection.execute(f"RELEASE {name}" if name else "COMMIT")
-                except BaseException:
-                    self._rollback(connection, name)
-                    raise
-            else:
-                self._rollback(connection, name)
-        finally:
-            if self._savepoint is not None:
-                db._savepoints -= 1
-            db._lock.release()
-
-    @staticmethod
-    def _rollback(connection: apsw.Connection, name: str | None) -> None:
-        if not connection.in_transaction:
-            return  # SQLite already rolled everything back
-        try:
-            if name:
-                connection.execute(f"ROLLBACK TO {name}")
-                connection.execute(f"RELEASE {name}")
-            else:
-                connection.execute("ROLLBACK")
-        except apsw.SQLError:
-            # the savepoint vanished with an outer rollback; roll back what is left
-            if connection.in_transaction and name is None:
-                connection.execute("ROLLBACK")
-
