@@ -142,3 +142,19 @@ def test_ctrl_c_interrupts_a_thread_waiting_for_the_lock(small: appdb.AppDatabas
         holder.join(10)
         timer.cancel()
     assert small.prepare("SELECT count(*) FROM t").scalar() == 5
+
+
+def test_columns_follow_schema_changes_made_by_scripts(small: appdb.AppDatabase) -> None:
+    stmt = small.prepare("SELECT * FROM t WHERE id = 1")
+    assert list(stmt.get()) == ["id", "name", "score"]
+    small.exec("ALTER TABLE t DROP COLUMN score; ALTER TABLE t ADD COLUMN rank INTEGER DEFAULT 7")
+    assert stmt.get() == {"id": 1, "name": "a", "rank": 7}
+    assert stmt.columns == ("id", "name", "rank")
+
+
+def test_clear_statement_cache(small: appdb.AppDatabase) -> None:
+    stmt = small.prepare("SELECT name FROM t WHERE id = 1")
+    small.clear_statement_cache()
+    assert small.statement_cache_stats().size == 0
+    assert small.prepare("SELECT name FROM t WHERE id = 1") is not stmt
+    assert stmt.get() == {"name": "a"}  # still works

@@ -391,7 +391,7 @@ class Statement:
             was_busy = self._busy
             self._busy = True
             try:
-                rows = cursor.execute(self._sql, bindings).fetchall()
+                rows: list[Any] = cursor.execute(self._sql, bindings).fetchall()
                 if self._as_dict and rows:
                     columns = self._columns
                     if len(rows[0]) != len(columns):

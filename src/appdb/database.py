@@ -141,6 +141,14 @@ def _configure(
         install_wal_guard(connection)
 
 
+def _schema_version(connection: apsw.Connection) -> int | None:
+    """SQLite's schema cookie, or None when it cannot be read."""
+    try:
+        return int(connection.execute("PRAGMA schema_version").get)
+    except apsw.Error:
+        return None
+
+
 class AppDatabase:
     """A tuned SQLite connection with cached prepared statements and transactions.
 
@@ -227,6 +235,12 @@ class AppDatabase:
         """Hits, misses, evictions, size and capacity of the statement cache."""
         return self._core.statement_cache_stats()  # type: ignore[no-any-return]
 
+    def clear_statement_cache(self) -> None:
+        """Empty the statement cache; statements already handed out keep working."""
+        self._check_open()
+        self._core.clear_statement_cache()
+        self._core.schema_changed()  # and every statement re-reads its columns
+
     def exec(self, sql: str) -> None:
         """Run a script of one or more SQL statements (no parameters).
 
@@ -241,6 +255,7 @@ class AppDatabase:
             self._check_open()
             connection = self._core.connection
             was_in_transaction = connection.in_transaction
+            schema = _schema_version(connection)
             cursor = connection.cursor()
             try:
                 try:
@@ -248,6 +263,8 @@ class AppDatabase:
                         pass  # later statements run only as the cursor is read on
                 finally:
                     cursor.close(True)
+                    if _schema_version(connection) != schema:
+                        self._core.schema_changed()  # statements re-read their columns
             except BaseException:
                 if not was_in_transaction and connection.in_transaction:
                     try:
