@@ -221,7 +221,6 @@ cdef class DatabaseCore:
     def prepare(self, sql, *, row_type=None):
         """Return the cached ``Statement`` for ``sql`` (and row type), compiling it on a miss."""
         cdef PyObject* found
-        cdef Statement statement
         if self.closed:
             raise _closed_error(self.path)
         if row_type is None or row_type == self.row_type:
@@ -233,12 +232,14 @@ cdef class DatabaseCore:
         except TypeError:  # unhashable: not SQL text, reported by _prepare_miss
             found = NULL
         if found != NULL:
-            statement = <Statement>found
-            self._clock += 1
-            statement._last_used = self._clock
-            self._hits += 1
-            return statement
+            return self._hit(<Statement>found)
         return self._prepare_miss(key, sql, row_type)
+
+    cdef inline Statement _hit(self, Statement statement):
+        self._clock += 1
+        statement._last_used = self._clock
+        self._hits += 1
+        return statement
 
     cdef Statement _prepare_miss(self, object key, object sql, object row_type):
         cdef bint as_dict = check_row_type(self.row_type if row_type is None else row_type) == "dict"
@@ -250,12 +251,8 @@ cdef class DatabaseCore:
             if self.closed:
                 raise _closed_error(self.path)
             found = PyDict_GetItem(self._cache, key)
-            if found != NULL:
-                statement = <Statement>found
-                self._clock += 1
-                statement._last_used = self._clock
-                self._hits += 1
-                return statement
+            if found != NULL:  # another thread compiled it meanwhile
+                return self._hit(<Statement>found)
             statement = Statement(self, text, as_dict)
             self._misses += 1
             if self._capacity == 0:

@@ -117,11 +117,14 @@ class DatabaseCore:
         except TypeError:  # unhashable: not SQL text, reported by _prepare_miss
             statement = None
         if statement is not None:
-            self._clock += 1
-            statement._last_used = self._clock
-            self._hits += 1
-            return statement
+            return self._hit(statement)
         return self._prepare_miss(key, sql, row_type)
+
+    def _hit(self, statement: Statement) -> Statement:
+        self._clock += 1
+        statement._last_used = self._clock
+        self._hits += 1
+        return statement
 
     def _prepare_miss(self, key: Any, sql: str, row_type: str | None) -> Statement:
         as_dict = check_row_type(self.row_type if row_type is None else row_type) == "dict"
@@ -130,11 +133,8 @@ class DatabaseCore:
             if self.closed:
                 raise _closed_error(self.path)
             statement = self._cache.get(key)
-            if statement is not None:
-                self._clock += 1
-                statement._last_used = self._clock
-                self._hits += 1
-                return statement
+            if statement is not None:  # another thread compiled it meanwhile
+                return self._hit(statement)
             statement = Statement(self, sql, as_dict)
             self._misses += 1
             if self._capacity == 0:
