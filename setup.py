@@ -22,6 +22,9 @@ if not NO_EXTENSIONS and sys.implementation.name == "cpython":
             "wraparound": False,
             "cdivision": True,
             "embedsignature": True,
+            # Argument Clinic style signatures become __text_signature__, so
+            # inspect.signature() (and mypy.stubtest) can read them with binding=False.
+            "embedsignature.format": "clinic",
         },
     )
 
