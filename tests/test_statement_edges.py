@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import weakref
 from collections import namedtuple
@@ -120,6 +121,7 @@ def test_weak_references_and_no_stray_attributes(small: appdb.AppDatabase) -> No
     rows.close()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="os.kill(SIGINT) ends the whole process on Windows")
 def test_ctrl_c_interrupts_a_thread_waiting_for_the_lock(small: appdb.AppDatabase) -> None:
     entered = threading.Event()
     release = threading.Event()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -120,17 +121,20 @@ def _configure(
     # (or creating, or switching to WAL) the same file at once otherwise get
     # "database is locked" before the busy_timeout pragma below is applied.
     timeout = settings.get("busy_timeout")
+    timeout_ms = 5000
     if isinstance(timeout, int) and not isinstance(timeout, bool) and timeout >= 0:
-        connection.set_busy_timeout(timeout)
+        timeout_ms = timeout
     elif isinstance(timeout, str) and timeout.isdigit():
-        connection.set_busy_timeout(int(timeout))
+        timeout_ms = int(timeout)
+    connection.set_busy_timeout(timeout_ms)
+    deadline = time.monotonic() + max(timeout_ms, 1000) / 1000
     try:
         # Reading the schema first turns "not a database" into one clear error.
-        connection.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+        _execute_patiently(connection, "SELECT count(*) FROM sqlite_schema", deadline)
         for name, value in settings.items():
             if readonly and name.rpartition(".")[2] in WRITE_PRAGMAS:
                 continue
-            connection.execute(pragma_sql(name, value)).fetchall()
+            _execute_patiently(connection, pragma_sql(name, value), deadline)
     except (apsw.NotADBError, apsw.CorruptError) as exc:
         raise DatabaseOpenError(
             f"cannot open database {path!r}: the file is not a SQLite database or is corrupted ({exc})"
@@ -139,6 +143,25 @@ def _configure(
         raise DatabaseOpenError(f"cannot open database {path!r}: {exc}") from exc
     if not readonly:
         install_wal_guard(connection)
+
+
+def _execute_patiently(connection: apsw.Connection, sql: str, deadline: float) -> None:
+    """Run ``sql``, retrying while another connection holds a conflicting lock.
+
+    Switching a new file to WAL needs an exclusive lock, and when several processes
+    open the same new file at once SQLite reports "database is locked" at once
+    (a lock upgrade that would deadlock) instead of calling the busy handler.
+    """
+    pause = 0.001
+    while True:
+        try:
+            connection.execute(sql).fetchall()
+            return
+        except apsw.BusyError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
 
 def _schema_version(connection: apsw.Connection) -> int | None:

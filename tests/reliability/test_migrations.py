@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -13,6 +14,9 @@ import pytest
 from reliability_support import expect_line, integrity, spawn
 
 import appdb
+
+#: How a killed child's return code reads (SIGKILL on POSIX, 1 from TerminateProcess).
+KILLED = 1 if sys.platform == "win32" else -signal.SIGKILL
 
 ROWS = 3000
 
@@ -72,10 +76,10 @@ def test_sigkill_during_migrations(impl: ModuleType, tmp_path: Path) -> None:
         child = spawn(impl, "migrate", path, folder)
         expect_line(child, "ready")
         time.sleep(rng.uniform(0.0, 0.25))
-        child.send_signal(signal.SIGKILL)
+        child.kill()  # SIGKILL on POSIX, TerminateProcess on Windows
         out, err = child.communicate(timeout=60)
         if "version" not in out:  # killed before init_database returned
-            assert child.returncode == -signal.SIGKILL, err
+            assert child.returncode == KILLED, err
             interrupted += 1
         if path.exists():
             assert integrity(path) == ["ok"]
