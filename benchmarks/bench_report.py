@@ -82,11 +82,11 @@ def machine_info() -> dict[str, str]:
 
 
 def syscall_costs(folder: str) -> dict[str, float]:
-    """µs per ``fstat`` and per ``fcntl`` lock+unlock pair: what every autocommit read pays.
+    """µs per ``fcntl`` lock+unlock pair (and per ``fstat``, for scale).
 
-    SQLite takes and drops a shared lock on the database file (two ``fcntl``)
-    and calls ``fstat`` once per read transaction. On virtual machines these
-    calls can dominate a point query, for every contender alike.
+    In WAL mode SQLite takes and drops a read lock in the ``-shm`` file (two
+    ``fcntl`` calls, seen with strace) for every autocommit read transaction. On
+    virtual machines these calls can dominate a point query, for every contender alike.
     """
     try:
         import fcntl
