@@ -190,3 +190,38 @@ def test_failed_backup_leaves_no_files(impl: ModuleType, db_path: Path, tmp_path
     with pytest.raises(appdb.DatabaseClosedError):
         db.backup(folder / "bk.db")
     assert os.listdir(folder) == []
+
+
+def test_overlapping_backups_without_overwrite_never_replace_each_other(
+    impl: object, tmp_path: Path
+) -> None:
+    sources = []
+    for n in range(2):
+        db = appdb.init_database(tmp_path / f"src{n}.db")
+        db.exec(f"CREATE TABLE t (n); INSERT INTO t VALUES ({n})")
+        sources.append(db)
+    dest = tmp_path / "backup.db"
+    barrier = threading.Barrier(2)
+    outcomes: dict[int, str] = {}
+
+    def back_up(n: int) -> None:
+        barrier.wait()
+        try:
+            sources[n].backup(dest)
+            outcomes[n] = "ok"
+        except FileExistsError:
+            outcomes[n] = "exists"
+
+    threads = [threading.Thread(target=back_up, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes.values()) == ["exists", "ok"]
+    winner = next(n for n, outcome in outcomes.items() if outcome == "ok")
+    copy = apsw.Connection(str(dest))
+    assert copy.execute("SELECT n FROM t").get == winner  # the file the winner wrote, untouched
+    copy.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".backup")) == []
+    for db in sources:
+        db.close()

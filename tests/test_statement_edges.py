@@ -160,3 +160,92 @@ def test_clear_statement_cache(small: appdb.AppDatabase) -> None:
     assert small.statement_cache_stats().size == 0
     assert small.prepare("SELECT name FROM t WHERE id = 1") is not stmt
     assert stmt.get() == {"name": "a"}  # still works
+
+
+def test_a_thread_looping_on_statements_does_not_lock_others_out(small: appdb.AppDatabase) -> None:
+    small.exec(
+        "CREATE TABLE big (n INTEGER);"
+        "WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 20000)"
+        " INSERT INTO big SELECT x FROM s"
+    )
+    slow = small.prepare("SELECT sum(n) FROM big")  # a few ms, with the GIL released inside SQLite
+    stop = threading.Event()
+    loops = 0
+
+    def hog() -> None:
+        nonlocal loops
+        while not stop.is_set():
+            slow.scalar()
+            loops += 1
+
+    answer: list[object] = []
+
+    def one_get() -> None:
+        answer.append(small.prepare("SELECT name FROM t WHERE id = ?").get(1))
+
+    hogger = threading.Thread(target=hog)
+    hogger.start()
+    try:
+        while loops < 3:  # the hog is running
+            stop.wait(0.01)
+        getter = threading.Thread(target=one_get)
+        getter.start()
+        getter.join(60)  # a liveness bound, not a speed target: it used to wait forever
+        assert not getter.is_alive(), "another thread's statements locked this one out"
+    finally:
+        stop.set()
+        hogger.join(60)
+    assert answer == [{"name": "a"}]
+
+
+def test_get_survives_a_plan_change_made_by_another_connection(
+    small: appdb.AppDatabase, db_path: object
+) -> None:
+    small.exec(
+        "CREATE TABLE u (k INTEGER, v INTEGER); CREATE UNIQUE INDEX u_k ON u (k); INSERT INTO u VALUES (5, 1)"
+    )
+    stmt = small.prepare("SELECT abs(v) AS a FROM u WHERE k = ?")  # unique lookup: one row at most
+    assert stmt.get(5) == {"a": 1}
+    other = apsw.Connection(str(db_path))
+    other.execute(
+        "DROP INDEX u_k; INSERT INTO u VALUES (5, -9223372036854775808)"
+    )  # now a scan, and its second row overflows abs()
+    other.close()
+    assert stmt.get(5) == {"a": 1}  # no error from the row nobody asked for
+    assert stmt.get(5) == {"a": 1}
+    assert small.connection.txn_state() == 0
+
+
+def test_explain_statements_are_not_single_row(small: appdb.AppDatabase) -> None:
+    stmt = small.prepare("EXPLAIN SELECT * FROM t")
+    assert stmt.get() is not None
+    assert len(stmt.all()) > 1
+    assert small.connection.txn_state() == 0
+
+
+def test_rolled_back_schema_changes_do_not_leave_stale_columns(small: appdb.AppDatabase) -> None:
+    star = small.prepare("SELECT * FROM t WHERE id = 1")
+    with pytest.raises(RuntimeError):
+        with small.transaction():
+            small.exec("ALTER TABLE t RENAME COLUMN name TO renamed")
+            assert star.get() == {"id": 1, "renamed": "a", "score": 1.5}
+            raise RuntimeError("undo")
+    assert star.get() == {"id": 1, "name": "a", "score": 1.5}
+    assert star.columns == ("id", "name", "score")
+    with small.transaction():
+        try:
+            with small.transaction():
+                small.prepare("ALTER TABLE t RENAME COLUMN score TO points").run()
+                assert star.columns == ("id", "name", "points")
+                raise LookupError
+        except LookupError:
+            pass
+        assert star.get() == {"id": 1, "name": "a", "score": 1.5}
+
+
+def test_ddl_through_a_query_method_is_noticed(small: appdb.AppDatabase) -> None:
+    star = small.prepare("SELECT * FROM t WHERE id = 1")
+    assert star.columns == ("id", "name", "score")
+    small.prepare("ALTER TABLE t RENAME COLUMN name TO label").all()
+    assert star.columns == ("id", "label", "score")  # fresh before it even runs again
+    assert star.get() == {"id": 1, "label": "a", "score": 1.5}

@@ -56,8 +56,34 @@ def write_backup(
             copy(target)
         finally:
             target.close()
-        os.replace(temporary, dest)
+        if overwrite:
+            os.replace(temporary, dest)
+        else:
+            _publish_new(temporary, dest)
     except BaseException:
         remove_with_companions(temporary)
         raise
     return dest
+
+
+def _publish_new(temporary: str, dest: str) -> None:
+    """Move ``temporary`` to ``dest`` only if ``dest`` still does not exist.
+
+    A hard link fails atomically when the name is taken (another backup or process
+    created it since the check above), so an existing file is never replaced.
+    Filesystems without hard links fall back to a last check and a rename.
+    """
+    try:
+        os.link(temporary, dest)
+    except FileExistsError:
+        raise FileExistsError(
+            f"backup destination {dest!r} already exists (pass overwrite=True to replace it)"
+        ) from None
+    except OSError:  # no hard links here (some network and FAT filesystems)
+        if os.path.exists(dest):
+            raise FileExistsError(
+                f"backup destination {dest!r} already exists (pass overwrite=True to replace it)"
+            ) from None
+        os.replace(temporary, dest)
+        return
+    os.unlink(temporary)

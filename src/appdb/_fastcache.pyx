@@ -69,6 +69,7 @@ from .errors import DatabaseClosedError
 __all__ = ["ConnectionLock", "DatabaseCore", "RowIterator", "Statement"]
 
 cdef object _BindingsError = apsw.BindingsError
+cdef object _apsw_Error = apsw.Error
 cdef object _Mapping = Mapping
 cdef object _RunResult = RunResult
 cdef tuple _ROW_TYPES = ("dict", "tuple")
@@ -101,11 +102,14 @@ def check_row_type(row_type):
 
 
 cdef class ConnectionLock:
-    """Re-entrant lock that serialises threads on one connection.
+    """Re-entrant lock that serialises threads on one connection, first come first served.
 
-    The uncontended path only touches two fields under the GIL (no system call);
-    a contended acquire blocks on an OS lock with the GIL released, waking every
-    50 ms to let signals (Ctrl-C) through. The module is not marked
+    The uncontended path only touches a few fields under the GIL (no system
+    call). When threads wait, a release hands the lock over to one of them (the
+    *baton*) instead of letting the releasing thread, which still holds the GIL,
+    take it straight back: a thread that calls statements in a loop cannot lock
+    the others out. Waiting happens on an OS lock with the GIL released, waking
+    every 50 ms to let signals (Ctrl-C) through. The module is not marked
     free-threading compatible, so the GIL is always there.
     """
 
@@ -114,6 +118,7 @@ cdef class ConnectionLock:
     cdef Py_ssize_t _count
     cdef Py_ssize_t _waiters
     cdef bint _gate_open
+    cdef bint _handoff
 
     def __cinit__(self):
         self._gate = PyThread_allocate_lock()
@@ -121,6 +126,7 @@ cdef class ConnectionLock:
             raise MemoryError("cannot allocate a lock")
         PyThread_acquire_lock(self._gate, WAIT_LOCK)  # closed until a release hands over
         self._gate_open = False
+        self._handoff = False
         self._owner = 0
         self._count = 0
         self._waiters = 0
@@ -134,30 +140,44 @@ cdef class ConnectionLock:
     cdef inline int _acquire(self) except -1:
         cdef unsigned long me = PyThread_get_thread_ident()
         if self._count == 0:
-            self._owner = me
-            self._count = 1
+            if self._waiters == 0 and not self._handoff:
+                self._owner = me
+                self._count = 1
+                return 0
         elif self._owner == me:
             self._count += 1
-        else:
-            return self._acquire_contended(me)
-        return 0
+            return 0
+        return self._acquire_contended(me)
 
     cdef int _acquire_contended(self, unsigned long me) except -1:
         cdef PyLockStatus status
         self._waiters += 1
-        try:
-            while self._count != 0:
-                with nogil:
-                    status = PyThread_acquire_lock_timed(self._gate, 50000, 0)
-                if status == PY_LOCK_ACQUIRED:
-                    self._gate_open = False
-                else:
-                    PyErr_CheckSignals()  # raises KeyboardInterrupt & co.
-        finally:
-            self._waiters -= 1
-        self._owner = me
-        self._count = 1
-        return 0
+        while True:
+            with nogil:
+                status = PyThread_acquire_lock_timed(self._gate, 50000, 0)
+            if status == PY_LOCK_ACQUIRED:  # the baton: the lock is ours
+                self._gate_open = False
+                self._handoff = False
+                self._waiters -= 1
+                self._owner = me
+                self._count = 1
+                return 0
+            try:
+                PyErr_CheckSignals()  # raises KeyboardInterrupt & co.
+            except BaseException:
+                self._waiters -= 1
+                self._pass_baton_on()
+                raise
+
+    cdef void _pass_baton_on(self) noexcept:
+        """A waiter gave up: if a baton was left for nobody, hand it on or drop it."""
+        if self._handoff and self._gate_open and PyThread_acquire_lock(self._gate, NOWAIT_LOCK):
+            self._gate_open = False
+            self._handoff = False
+            if self._waiters:
+                self._handoff = True
+                self._gate_open = True
+                PyThread_release_lock(self._gate)
 
     cdef inline int _release(self) except -1:
         if self._count == 0 or self._owner != <unsigned long>PyThread_get_thread_ident():
@@ -165,7 +185,8 @@ cdef class ConnectionLock:
         self._count -= 1
         if self._count == 0:
             self._owner = 0
-            if self._waiters and not self._gate_open:
+            if self._waiters and not self._handoff:
+                self._handoff = True
                 self._gate_open = True
                 PyThread_release_lock(self._gate)
         return 0
@@ -294,6 +315,11 @@ cdef class DatabaseCore:
         """Note a schema change: every statement re-reads its columns before its next run."""
         self._generation += 1
 
+    @property
+    def generation(self):
+        """Counts the schema changes noted so far (see ``schema_changed``)."""
+        return self._generation
+
     def mark_closed(self):
         """Mark the core closed and drop the cache; the caller closes the connection."""
         cdef Statement statement
@@ -368,6 +394,14 @@ cdef class Statement:
     @property
     def columns(self):
         """Result column names (empty for statements that return no rows)."""
+        cdef DatabaseCore core = self._core
+        if self._generation != core._generation and not core.closed:
+            core.lock._acquire()
+            try:
+                if not core.closed:
+                    self._describe()
+            finally:
+                core.lock._release()
         return self._columns
 
     @property
@@ -453,12 +487,19 @@ cdef class Statement:
 
     cdef inline object _first_row(self, object cursor):
         """Step to the first row, then leave the statement reset."""
+        cdef bint more
         row = appdb_next_row(cursor)
         if row is not None:
             if not self._single_row:
                 self._reset(cursor)  # never evaluate a second row
-            elif appdb_next_row(cursor) is not None:  # the plan changed
-                self._reset(cursor)
+            else:
+                try:
+                    more = appdb_next_row(cursor) is not None
+                except _apsw_Error:  # from a row nobody asked for
+                    more = True
+                if more:  # another connection changed the plan (e.g. dropped an index)
+                    self._single_row = False
+                    self._reset(cursor)
         return row
 
     cdef inline object _row(self, object row):
@@ -501,6 +542,8 @@ cdef class Statement:
             try:
                 self._start(cursor, bindings)
                 row = self._first_row(cursor)
+                if self._changes_schema:
+                    self._core._generation += 1
                 if row is not None:
                     row = self._row(row)
             except BaseException as exc:
@@ -527,6 +570,8 @@ cdef class Statement:
             try:
                 self._start(cursor, bindings)
                 row = self._first_row(cursor)
+                if self._changes_schema:
+                    self._core._generation += 1
             except BaseException as exc:
                 error = self._failed(exc, cursor, bindings)
                 if error is None:
@@ -554,6 +599,8 @@ cdef class Statement:
             self._busy = True
             try:
                 rows = self._start(cursor, bindings).fetchall()
+                if self._changes_schema:
+                    self._core._generation += 1
                 n = PyList_GET_SIZE(rows)
                 if self._as_dict and n:
                     for i in range(n):
@@ -588,6 +635,8 @@ cdef class Statement:
             cursor = self._conn.cursor()
             try:
                 cursor.execute(self._sql, bindings)
+                if self._changes_schema:
+                    core._generation += 1
             except BaseException as exc:
                 cursor.close(True)
                 error = binding_error(exc, self._sql, self._names, bindings)
@@ -657,6 +706,8 @@ cdef class Statement:
                     if conn.in_transaction:
                         for sql in undo:
                             conn.execute(sql)
+                    if self._changes_schema:
+                        self._core._generation += 1  # what was undone may have changed the schema
                     error = self._failed(exc, cursor, None)
                     if error is None:
                         raise

@@ -169,6 +169,11 @@ class DatabaseCore:
         """Note a schema change: every statement re-reads its columns before its next run."""
         self._generation += 1
 
+    @property
+    def generation(self) -> int:
+        """Counts the schema changes noted so far (see ``schema_changed``)."""
+        return self._generation
+
     def mark_closed(self) -> None:
         """Mark the core closed and drop the cache; the caller closes the connection."""
         self.closed = True
@@ -234,6 +239,11 @@ class Statement:
     @property
     def columns(self) -> tuple[str, ...]:
         """Result column names (empty for statements that return no rows)."""
+        core = self._core
+        if self._generation != core._generation and not core.closed:
+            with core.lock:
+                if not core.closed:
+                    self._describe()
         return self._columns
 
     @property
@@ -308,8 +318,14 @@ class Statement:
         if row is not None:
             if not self._single_row:
                 self._reset(cursor)  # never evaluate a second row
-            elif cursor.fetchone() is not None:  # pragma: no cover - the plan changed
-                self._reset(cursor)
+            else:
+                try:
+                    more = cursor.fetchone() is not None
+                except apsw.Error:  # from a row nobody asked for
+                    more = True
+                if more:  # another connection changed the plan (e.g. dropped an index)
+                    self._single_row = False
+                    self._reset(cursor)
         return row
 
     def _row(self, row: Any) -> Any:
@@ -343,6 +359,8 @@ class Statement:
             try:
                 cursor.execute(self._sql, bindings)
                 row = self._first_row(cursor)
+                if self._changes_schema:
+                    self._after_write()
                 if row is not None:
                     row = self._row(row)
             except BaseException as exc:
@@ -368,6 +386,8 @@ class Statement:
             try:
                 cursor.execute(self._sql, bindings)
                 row = self._first_row(cursor)
+                if self._changes_schema:
+                    self._after_write()
             except BaseException as exc:
                 error = self._failed(exc, cursor, bindings)
                 if error is None:
@@ -392,6 +412,8 @@ class Statement:
             self._busy = True
             try:
                 rows: list[Any] = cursor.execute(self._sql, bindings).fetchall()
+                if self._changes_schema:
+                    self._after_write()
                 if self._as_dict and rows:
                     columns = self._columns
                     if len(rows[0]) != len(columns):
@@ -427,6 +449,8 @@ class Statement:
             cursor = self._conn.cursor()
             try:
                 cursor.execute(self._sql, bindings)
+                if self._changes_schema:
+                    self._after_write()
             except BaseException as exc:
                 cursor.close(True)
                 error = binding_error(exc, self._sql, self._names, bindings)
@@ -497,6 +521,8 @@ class Statement:
                     if conn.in_transaction:
                         for sql in undo:
                             conn.execute(sql)
+                    if self._changes_schema:
+                        self._after_write()  # what was undone may have changed the schema
                     error = self._failed(exc, cursor, None)
                     if error is None:
                         raise

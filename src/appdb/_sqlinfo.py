@@ -25,6 +25,8 @@ class StatementInfo(NamedTuple):
     single_row: bool = False
     #: The statement changes the schema (its program writes the schema cookie).
     changes_schema: bool = False
+    #: ``EXPLAIN`` or ``EXPLAIN QUERY PLAN``: rows describe the program, never one row.
+    is_explain: bool = False
 
 
 #: Opcodes that may follow the one ``ResultRow`` of a program that yields at most one
@@ -69,6 +71,7 @@ def _trace(connection: apsw.Connection, sql: str) -> tuple[StatementInfo | None,
                 parameter_names=tuple(cursor.bindings_names),
                 parameter_count=cursor.bindings_count,
                 readonly=bool(cursor.is_readonly),
+                is_explain=bool(cursor.is_explain),
             )
         found.append((info, first))
         return False
@@ -106,6 +109,8 @@ def describe(connection: apsw.Connection, sql: str) -> StatementInfo:
                 "prepare() takes exactly one SQL statement (use exec() for scripts); "
                 f"found more after {consumed.strip()!r}"
             )
+    if info.is_explain:
+        return info
     single_row, changes_schema = _program_shape(connection, sql)
     return info._replace(single_row=single_row, changes_schema=changes_schema)
 

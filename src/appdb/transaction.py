@@ -26,7 +26,7 @@ class Transaction:
     block has ended it may be entered again.
     """
 
-    __slots__ = ("_active", "_db", "_mode", "_savepoint")
+    __slots__ = ("_active", "_db", "_generation", "_mode", "_savepoint")
 
     def __init__(self, db: AppDatabase, mode: str | None) -> None:
         if mode is not None and mode not in MODES:
@@ -35,6 +35,7 @@ class Transaction:
         self._mode = mode
         self._savepoint: str | None = None
         self._active = False
+        self._generation = 0
 
     def __enter__(self) -> AppDatabase:
         db = self._db
@@ -62,12 +63,14 @@ class Transaction:
             db._lock.release()
             raise
         self._active = True
+        self._generation = db._core.generation
         return db
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         db = self._db
+        committed = False
         try:
             if db._core.closed:
                 if et is None:
@@ -87,9 +90,12 @@ class Transaction:
                 except BaseException:
                     self._rollback(connection, name)
                     raise
+                committed = True
             else:
                 self._rollback(connection, name)
         finally:
+            if not committed and not db._core.closed and db._core.generation != self._generation:
+                db._core.schema_changed()  # schema changes inside were undone: re-read columns
             if self._savepoint is not None:
                 db._savepoints -= 1
                 self._savepoint = None
