@@ -16,7 +16,7 @@ from ._backup import write_backup
 from ._constants import MIGRATIONS_TABLE
 from ._files import file_identity, file_intact, prepare_file
 from ._types import CacheStats, CheckpointResult
-from ._walguard import WAL_GUARD_FACTOR, guard_size, install_wal_guard
+from ._walguard import guard_size, install_wal_guard
 from .errors import DatabaseClosedError, DatabaseOpenError
 from .pragmas import WRITE_PRAGMAS, pragma_sql, validate_pragmas
 from .transaction import MODES, Transaction
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ._fastcache_py import Statement
     from .migrations import Migration, MigrationResult
 
-__all__ = ["WAL_GUARD_FACTOR", "AppDatabase", "Transaction", "init_database", "install_wal_guard"]
+__all__ = ["AppDatabase", "Transaction", "init_database"]
 
 logger = logging.getLogger("appdb")
 
