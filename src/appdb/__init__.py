@@ -6,9 +6,10 @@ subclasses); appdb's own errors subclass :class:`appdb.Error`.
 
 from __future__ import annotations
 
-from ._select import IMPLEMENTATION
+from ._select import IMPLEMENTATION, Statement
 from ._types import CacheStats, CheckpointResult, RunResult
-from .database import AppDatabase, Transaction, init_database
+from ._open import default_readers, init_database
+from .database import AppDatabase, Transaction
 from .errors import (
     DatabaseClosedError,
     DatabaseOpenError,
@@ -16,6 +17,7 @@ from .errors import (
     Error,
     InvalidPragmaError,
     MigrationError,
+    QueryTimeout,
     TransactionError,
 )
 from .pragmas import DEFAULT_PRAGMAS, JOURNAL_SIZE_LIMIT
@@ -35,9 +37,12 @@ __all__ = [
     "Error",
     "InvalidPragmaError",
     "MigrationError",
+    "QueryTimeout",
     "RunResult",
+    "Statement",
     "Transaction",
     "TransactionError",
     "__version__",
+    "default_readers",
     "init_database",
 ]

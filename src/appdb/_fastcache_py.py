@@ -1,30 +1,55 @@
-"""Pure-Python twin of ``appdb._fastcache``: the statement cache and row conversion.
+"""Pure-Python twin of ``appdb._fastcache``: the statement cache, routing and row conversion.
 
 It is the fallback when the compiled module is unavailable (no compiler, PyPy,
 ``APPDB_NO_EXTENSIONS=1``) and the reference the test suite holds the compiled
 module to: both must behave identically, exception types and messages included.
+Only the hot path lives here; the slow paths are shared modules (``_pool``,
+``_limits``, ``_batch``, ``_sqlinfo``).
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from threading import get_ident
 from types import TracebackType
 from typing import Any
 
 import apsw
 
+from . import _batch, _limits, _pool
+from ._fork import leak
 from ._sqlinfo import binding_error, describe, extra_names_error
 from ._types import CacheStats, RunResult
 from .errors import DatabaseClosedError
 
-__all__ = ["ConnectionLock", "DatabaseCore", "RowIterator", "Statement"]
+__all__ = ["ConnectionLock", "DatabaseCore", "RowIterator", "Slot", "Statement"]
 
 _ROW_TYPES = ("dict", "tuple")
 _SCALARS = (int, str, float, bytes, type(None))
 #: Single values (not sequences of values) accepted as one ``run_many`` item.
 _SINGLE_VALUES = (int, str, float, bytes, bytearray, memoryview, type(None))
 _new_run_result = tuple.__new__
+
+#: What a statement call returns.
+_GET, _SCALAR, _ALL, _RUN = 0, 1, 2, 3
+
+#: A waiter that has waited this long for the writer lock makes the next release
+#: hand the lock to a waiter instead of letting anyone take it (starvation mode).
+STARVATION_SECONDS = 0.001
+
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
 
 
 def _closed_error(path: str) -> DatabaseClosedError:
@@ -46,34 +71,124 @@ def check_row_type(row_type: object) -> str:
 
 
 class ConnectionLock:
-    """Re-entrant lock that serialises threads on one connection."""
+    """Re-entrant writer lock: no system call uncontended, no convoy, no starvation.
 
-    __slots__ = ("_lock",)
+    A free lock is taken by whoever asks (barging), so a thread that releases and
+    re-takes it keeps running instead of switching threads on every call (a lock
+    convoy). A release with waiters wakes one of them to compete. Once a waiter
+    has waited ``STARVATION_SECONDS``, the next release hands the lock to a waiter
+    (the *baton*), so a thread calling in a loop cannot lock the others out.
+    Waiting wakes every 50 ms so that signals (Ctrl-C) get through.
+    """
+
+    __slots__ = ("_count", "_gate", "_gate_open", "_handoff", "_mutex", "_owner", "_starving", "_waiters")
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
+        self._mutex = threading.Lock()  # the compiled twin relies on the GIL instead
+        self._gate = threading.Lock()
+        self._gate.acquire()  # closed until a release opens it
+        self._gate_open = False
+        self._handoff = False
+        self._starving = False
+        self._owner = 0
+        self._count = 0
+        self._waiters = 0
+
+    def owned(self) -> bool:
+        """True when the calling thread holds the lock."""
+        return self._count > 0 and self._owner == get_ident()
+
+    def depth(self) -> int:
+        """How many times the calling thread holds the lock (0 when it does not)."""
+        return self._count if self._owner == get_ident() else 0
 
     def acquire(self) -> None:
-        self._lock.acquire()
+        me = get_ident()
+        with self._mutex:
+            if self._count == 0:
+                if not self._handoff and not (self._starving and self._waiters):
+                    self._owner = me
+                    self._count = 1
+                    return
+            elif self._owner == me:
+                self._count += 1
+                return
+            self._waiters += 1
+        self._acquire_contended(me)
+
+    def _acquire_contended(self, me: int) -> None:
+        started = time.monotonic()
+        taken = False
+        try:
+            while True:
+                woken = self._gate.acquire(timeout=0.05)  # raises KeyboardInterrupt & co.
+                with self._mutex:
+                    if woken:
+                        self._gate_open = False
+                    if self._count == 0 and (woken or not self._handoff):
+                        self._handoff = False
+                        self._starving = False
+                        self._owner = me
+                        self._count = 1
+                        taken = True
+                        return
+                    if time.monotonic() - started >= STARVATION_SECONDS:
+                        self._starving = True
+        finally:
+            with self._mutex:
+                self._waiters -= 1
+                if not taken:
+                    self._pass_baton_on()
+
+    def _pass_baton_on(self) -> None:
+        """A waiter gave up: drop a baton (or wake-up) left for nobody."""
+        if self._waiters == 0 and self._gate_open and self._gate.acquire(False):
+            self._gate_open = False
+            self._handoff = False
+            self._starving = False
 
     def release(self) -> None:
-        self._lock.release()
+        with self._mutex:
+            if self._count == 0 or self._owner != get_ident():
+                raise RuntimeError("cannot release un-acquired lock")
+            self._count -= 1
+            if self._count:
+                return
+            self._owner = 0
+            if self._waiters and not self._handoff:
+                if self._starving:
+                    self._handoff = True
+                if not self._gate_open:
+                    self._gate_open = True
+                    self._gate.release()
 
     def __enter__(self) -> None:
-        self._lock.acquire()
+        self.acquire()
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._lock.release()
+        self.release()
+
+
+class Slot:
+    """One connection of a database: the writer (index 0) or a reader of the pool."""
+
+    __slots__ = ("connection", "index", "owner")
+
+    def __init__(self, connection: apsw.Connection, index: int) -> None:
+        self.connection = connection
+        self.index = index
+        self.owner = 0  # the thread using a reader, 0 while it is in the pool
 
 
 class DatabaseCore:
-    """Connection state shared by the facade and its statements, plus the LRU cache."""
+    """The connections (writer and reader pool) of one database, plus the LRU statement cache."""
 
     __slots__ = (
         "__weakref__",
         "_cache",
+        "_cache_lock",
         "_capacity",
         "_clock",
         "_evictions",
@@ -82,31 +197,141 @@ class DatabaseCore:
         "_misses",
         "begin_sql",
         "closed",
-        "connection",
+        "cond",
+        "epoch",
+        "forks",
+        "free",
+        "limits_active",
         "lock",
+        "max_readers",
+        "opener",
+        "opening",
         "path",
+        "query_timeout",
+        "raw_transaction",
         "row_type",
+        "slots",
+        "waiters",
+        "writer",
     )
 
     def __init__(
-        self, connection: apsw.Connection, path: str, capacity: int, row_type: str, begin_sql: str
+        self,
+        connection: apsw.Connection,
+        path: str,
+        capacity: int,
+        row_type: str,
+        begin_sql: str,
+        *,
+        readers: int = 0,
+        opener: Callable[[bool], apsw.Connection] | None = None,
+        query_timeout: float | None = None,
     ) -> None:
         if capacity < 0:
             raise ValueError(f"statement_cache_size must be >= 0, not {capacity}")
-        self.connection = connection
+        if readers < 0:
+            raise ValueError(f"readers must be >= 0, not {readers}")
+        if readers and opener is None:
+            raise ValueError("a reader pool needs an opener")
         self.path = path
         self.lock = ConnectionLock()
         self.row_type = check_row_type(row_type)
         self.begin_sql = begin_sql
         self.closed = False
+        self.writer = Slot(connection, 0)
+        self.opener = opener
+        self.max_readers = readers
+        self.free: list[Slot] | None = [] if readers else None
+        self.slots: list[Slot] = []
+        self.cond = threading.Condition()
+        self.waiters = 0
+        self.opening = 0
+        self.epoch = 0
+        self.forks = _forks
+        self.raw_transaction = False
+        self.query_timeout = query_timeout
+        self.limits_active = 0 if query_timeout is None else 1
         self._capacity = capacity
         self._cache: dict[Any, Statement] = {}
+        self._cache_lock = threading.Lock()
         self._clock = 0
         self._hits = 0
         self._misses = 0
         self._evictions = 0
         self._generation = 0
 
+    # -- connections -----------------------------------------------------------
+    @property
+    def connection(self) -> apsw.Connection:
+        """The writer connection."""
+        if self.forks != _forks:
+            self.check_fork()
+        return self.writer.connection
+
+    def new_slot(self, connection: apsw.Connection, index: int) -> Slot:
+        return Slot(connection, index)
+
+    def check_fork(self) -> None:
+        """In a child process after ``fork()``: stop using the parent's connections."""
+        if self.forks != _forks:
+            _pool.after_fork(self, ConnectionLock())
+            self.forks = _forks
+
+    def acquire_writer(self) -> apsw.Connection:
+        """Take the writer lock (re-entrant) and return the writer connection."""
+        if self.forks != _forks:
+            self.check_fork()
+        self.lock.acquire()
+        if self.closed:
+            self.lock.release()
+            raise _closed_error(self.path)
+        return self.writer.connection
+
+    def release_writer(self) -> None:
+        self.lock.release()
+
+    def checkout(self) -> Slot:
+        """A reader for the calling thread (``checkin`` gives it back)."""
+        if self.forks != _forks:
+            self.check_fork()
+        if self.closed:
+            raise _closed_error(self.path)
+        free = self.free
+        if free is None:
+            raise ValueError("this database has no reader pool")
+        try:
+            slot = free.pop()
+        except IndexError:
+            return _pool.checkout_slow(self)  # type: ignore[no-any-return]
+        slot.owner = get_ident()
+        return slot
+
+    def checkin(self, slot: Slot) -> None:
+        slot.owner = 0
+        free = self.free
+        if self.closed or free is None:
+            _pool.discard(self, slot)
+            return
+        free.append(slot)
+        if self.waiters:
+            _pool.wake(self)
+        if self.closed:  # close() ran meanwhile and may have missed this one
+            _pool.close_readers(self)
+
+    def routes_to_reader(self) -> bool:
+        """True when a parallel statement called now by this thread would run on a reader."""
+        return self.free is not None and not self.raw_transaction and not self.lock.owned()
+
+    # -- limits ----------------------------------------------------------------
+    def limits_enter(self) -> None:
+        with self._cache_lock:
+            self.limits_active += 1
+
+    def limits_exit(self) -> None:
+        with self._cache_lock:
+            self.limits_active -= 1
+
+    # -- the statement cache -------------------------------------------------------
     def prepare(self, sql: str, *, row_type: str | None = None) -> Statement:
         """Return the cached ``Statement`` for ``sql`` (and row type), compiling it on a miss."""
         if self.closed:
@@ -128,14 +353,14 @@ class DatabaseCore:
 
     def _prepare_miss(self, key: Any, sql: str, row_type: str | None) -> Statement:
         as_dict = check_row_type(self.row_type if row_type is None else row_type) == "dict"
-        sql = _exact_sql(sql)
-        with self.lock:  # several threads may miss on the same SQL at once
+        text = _exact_sql(sql)
+        statement = Statement(self, text, as_dict)  # compiles outside any lock
+        with self._cache_lock:  # several threads may miss on the same SQL at once
             if self.closed:
                 raise _closed_error(self.path)
-            statement = self._cache.get(key)
-            if statement is not None:  # another thread compiled it meanwhile
-                return self._hit(statement)
-            statement = Statement(self, sql, as_dict)
+            found = self._cache.get(key)
+            if found is not None:  # another thread compiled it meanwhile
+                return self._hit(found)
             self._misses += 1
             if self._capacity == 0:
                 return statement
@@ -162,7 +387,7 @@ class DatabaseCore:
 
     def clear_statement_cache(self) -> None:
         """Forget every cached statement (statements already handed out keep working)."""
-        with self.lock:
+        with self._cache_lock:
             self._cache.clear()
 
     def schema_changed(self) -> None:
@@ -175,11 +400,14 @@ class DatabaseCore:
         return self._generation
 
     def mark_closed(self) -> None:
-        """Mark the core closed and drop the cache; the caller closes the connection."""
+        """Mark the core closed, drop the cache and close idle readers; the caller closes the writer."""
         self.closed = True
-        for statement in self._cache.values():
+        with self._cache_lock:
+            statements = list(self._cache.values())
+            self._cache.clear()
+        for statement in statements:
             statement._drop_cursor()
-        self._cache.clear()
+        _pool.close_readers(self)
 
 
 class Statement:
@@ -194,41 +422,69 @@ class Statement:
         "_busy",
         "_changes_schema",
         "_columns",
-        "_conn",
         "_core",
-        "_cursor",
+        "_cursors",
+        "_epoch",
         "_generation",
         "_last_used",
         "_named",
         "_names",
+        "_parallel",
         "_readonly",
         "_returns_rows",
         "_single_row",
         "_sql",
+        "_txn_control",
     )
 
     def __init__(self, core: DatabaseCore, sql: str, as_dict: bool) -> None:
         self._core = core
-        self._conn = core.connection
         self._sql = sql
         self._as_dict = as_dict
-        self._cursor: apsw.Cursor | None = None
+        self._cursors: list[apsw.Cursor | None] = [None] * (core.max_readers + 1)
+        self._epoch = core.epoch
         self._busy = False
         self._last_used = 0
-        self._describe()
+        self._describe_anywhere()
 
-    def _describe(self) -> None:
-        """(Re)read what SQLite says about the statement; call with the lock held."""
+    def _describe(self, connection: apsw.Connection, on_reader: bool = False) -> None:
+        """(Re)read what SQLite says about the statement; the caller holds ``connection``."""
         generation = self._core._generation
-        info = describe(self._conn, self._sql)
+        info = describe(connection, self._sql)
         self._columns = info.columns
         self._names = info.parameter_names
         self._named = frozenset(n for n in info.parameter_names if n is not None and not n.isdigit())
         self._readonly = info.readonly
+        self._parallel = info.parallel and (on_reader or getattr(self, "_parallel", True))
+        self._txn_control = info.transaction_control
         self._returns_rows = bool(info.columns)
         self._single_row = info.single_row
         self._changes_schema = info.changes_schema
         self._generation = generation
+
+    def _describe_anywhere(self) -> None:
+        """Describe on a reader when this thread would read there, else on the writer.
+
+        A statement that compiles on the writer but not on a reader (a temporary
+        table, an attached database, a function registered on the writer only)
+        always runs on the writer.
+        """
+        core = self._core
+        if core.routes_to_reader():
+            slot = core.checkout()
+            try:
+                self._describe(slot.connection, on_reader=True)
+                return
+            except apsw.SQLError:
+                pass
+            finally:
+                core.checkin(slot)
+            self._parallel = False
+        connection = core.acquire_writer()
+        try:
+            self._describe(connection)
+        finally:
+            core.release_writer()
 
     # -- properties --------------------------------------------------------
     @property
@@ -241,15 +497,18 @@ class Statement:
         """Result column names (empty for statements that return no rows)."""
         core = self._core
         if self._generation != core._generation and not core.closed:
-            with core.lock:
-                if not core.closed:
-                    self._describe()
+            self._describe_anywhere()
         return self._columns
 
     @property
     def readonly(self) -> bool:
         """True when the statement does not write to the database."""
         return self._readonly
+
+    @property
+    def parallel(self) -> bool:
+        """True when calls outside a transaction run on a reader, beside other threads."""
+        return self._parallel and self._core.free is not None
 
     @property
     def row_type(self) -> str:
@@ -279,45 +538,51 @@ class Statement:
             raise extra_names_error(self._sql, self._names, bindings)
         return bindings
 
-    def _take_cursor(self) -> apsw.Cursor:
-        """The statement's own cursor, or a fresh one while it is in use (re-entry)."""
-        core = self._core
-        if core.closed:
-            raise _closed_error(core.path)
-        if self._generation != core._generation:
-            self._describe()
-        cursor = self._cursor
-        if cursor is None or self._busy:
-            cursor = self._conn.cursor()
-            if not self._busy:
-                self._cursor = cursor
-        return cursor
+    def _new_epoch(self) -> None:
+        """After ``fork()``: the cursors belong to the parent's connections; never touch them."""
+        for cursor in self._cursors:
+            leak(cursor)
+        self._cursors = [None] * (self._core.max_readers + 1)
+        self._epoch = self._core.epoch
 
     def _drop_cursor(self) -> None:
-        cursor = self._cursor
-        self._cursor = None
-        if cursor is not None:
-            cursor.close(True)
+        cursors = self._cursors
+        self._cursors = [None] * len(cursors)
+        if self._epoch != self._core.epoch:
+            for cursor in cursors:
+                leak(cursor)
+            return
+        for cursor in cursors:
+            if cursor is not None:
+                try:
+                    cursor.close(True)
+                except apsw.Error:  # its connection is closed already
+                    pass
 
-    def _reset(self, cursor: apsw.Cursor) -> None:
+    def _forget(self, cursor: apsw.Cursor, index: int) -> None:
         """Reset ``cursor``'s statement without stepping it (closing resets it)."""
-        if cursor is self._cursor:
-            self._cursor = None
+        cursors = self._cursors
+        if index < len(cursors) and cursors[index] is cursor:
+            cursors[index] = None
         cursor.close(True)
 
-    def _failed(self, exc: BaseException, cursor: apsw.Cursor, bindings: Any) -> BaseException | None:
-        """Discard ``cursor`` after an error; return the translated error if any."""
-        if cursor is self._cursor:
-            self._cursor = None
-        cursor.close(True)
-        return binding_error(exc, self._sql, self._names, bindings)
+    def _cursor_on(self, slot: Slot) -> apsw.Cursor:
+        cursors = self._cursors
+        index = slot.index
+        if index >= len(cursors):  # a reader opened beyond the pool size (nested use)
+            cursors.extend([None] * (index + 1 - len(cursors)))
+        cursor = cursors[index]
+        if cursor is None:
+            cursor = slot.connection.cursor()
+            cursors[index] = cursor
+        return cursor
 
-    def _first_row(self, cursor: apsw.Cursor) -> Any:
+    def _first_row(self, cursor: apsw.Cursor, index: int) -> Any:
         """Step to the first row, then leave the statement reset."""
         row = cursor.fetchone()
         if row is not None:
             if not self._single_row:
-                self._reset(cursor)  # never evaluate a second row
+                self._forget(cursor, index)  # never evaluate a second row
             else:
                 try:
                     more = cursor.fetchone() is not None
@@ -325,110 +590,162 @@ class Statement:
                     more = True
                 if more:  # another connection changed the plan (e.g. dropped an index)
                     self._single_row = False
-                    self._reset(cursor)
+                    self._forget(cursor, index)
         return row
 
-    def _row(self, row: Any) -> Any:
+    def _row(self, row: Any, connection: apsw.Connection) -> Any:
         if self._as_dict:
             columns = self._columns
             if len(row) != len(columns):
-                columns = self._refresh_columns()
+                self._describe(connection)  # the schema changed under us (another connection)
+                columns = self._columns
             return dict(zip(columns, row))
         return row
 
-    def _refresh_columns(self) -> tuple[str, ...]:
-        """The schema changed under us (another connection): read the columns again."""
-        with self._core.lock:
-            self._describe()
-        return self._columns
-
-    def _after_write(self) -> None:
+    def _execute(
+        self, kind: int, cursor: apsw.Cursor, index: int, connection: apsw.Connection, bindings: Any
+    ) -> Any:
+        """Run once on ``cursor`` and shape the result as ``kind`` asks."""
+        if kind == _RUN:
+            cursor.execute(self._sql, bindings)
+            if self._returns_rows:
+                for _ in cursor:
+                    pass
+            result: Any = _new_run_result(RunResult, (connection.changes(), connection.last_insert_rowid()))
+        elif kind == _ALL:
+            rows: list[Any] = cursor.execute(self._sql, bindings).fetchall()
+            if self._as_dict and rows:
+                columns = self._columns
+                if len(rows[0]) != len(columns):
+                    self._describe(connection)
+                    columns = self._columns
+                rows = [dict(zip(columns, row)) for row in rows]
+            result = rows
+        else:
+            cursor.execute(self._sql, bindings)
+            row = self._first_row(cursor, index)
+            if kind == _SCALAR:
+                result = None if row is None or len(row) == 0 else row[0]
+            else:
+                result = None if row is None else self._row(row, connection)
         if self._changes_schema:
-            self._core.schema_changed()
+            self._core._generation += 1
+        return result
+
+    def _failed(
+        self, exc: BaseException, cursor: apsw.Cursor, index: int, bindings: Any, token: _limits.Token | None
+    ) -> BaseException | None:
+        """Discard ``cursor`` after an error; return the translated error if any."""
+        self._forget(cursor, index)
+        if token is not None:
+            error = token.translate(exc, self._sql)
+            if error is not None:
+                return error
+        return binding_error(exc, self._sql, self._names, bindings)
+
+    # -- routing -----------------------------------------------------------
+    def _call(self, kind: int, bindings: Any) -> Any:
+        core = self._core
+        if core.forks != _forks:
+            core.check_fork()
+        if (
+            self._parallel
+            and core.free is not None
+            and not core.raw_transaction
+            and core.lock._owner != get_ident()
+        ):
+            return self._call_reader(kind, bindings)
+        return self._call_writer(kind, bindings)
+
+    def _call_reader(self, kind: int, bindings: Any) -> Any:
+        core = self._core
+        token = _limits.start(core, False) if core.limits_active else None
+        slot = core.checkout()
+        retry = False
+        try:
+            if self._epoch != core.epoch:
+                self._new_epoch()
+            connection = slot.connection
+            cursor = self._cursor_on(slot)
+            if self._generation != core._generation:
+                self._describe(connection, on_reader=True)
+            if token is not None:
+                token.arm(connection)
+            try:
+                return self._execute(kind, cursor, slot.index, connection, bindings)
+            except BaseException as exc:
+                error = self._failed(exc, cursor, slot.index, bindings, token)
+                if error is None:
+                    if not isinstance(exc, apsw.SQLError):
+                        raise
+                    retry = True  # e.g. a function registered on the writer only
+                else:
+                    raise error from None
+            finally:
+                if token is not None:
+                    token.disarm(connection)
+        finally:
+            core.checkin(slot)
+        assert retry
+        result = self._call_writer(kind, bindings)  # a read has no side effects: run it again
+        self._parallel = False  # it works there and not on a reader
+        return result
+
+    def _call_writer(self, kind: int, bindings: Any) -> Any:
+        core = self._core
+        token = _limits.start(core, True) if core.limits_active else None
+        lock = core.lock
+        lock.acquire()
+        try:
+            if core.closed:
+                raise _closed_error(core.path)
+            if self._epoch != core.epoch:
+                self._new_epoch()
+            connection = core.writer.connection
+            if self._generation != core._generation:
+                self._describe(connection)
+            busy = self._busy
+            cursor = self._cursors[0]
+            if cursor is None or busy:
+                cursor = connection.cursor()  # re-entered: a fresh cursor of its own
+                if not busy:
+                    self._cursors[0] = cursor
+            self._busy = True
+            if token is not None:
+                token.arm(connection)
+            try:
+                result = self._execute(kind, cursor, 0, connection, bindings)
+            except BaseException as exc:
+                error = self._failed(exc, cursor, 0, bindings, token)
+                if error is None:
+                    raise
+                raise error from None
+            finally:
+                self._busy = busy
+                if token is not None:
+                    token.disarm(connection)
+                if self._txn_control and lock._count == 1:
+                    core.raw_transaction = connection.in_transaction
+        finally:
+            lock.release()
+        return result
 
     # -- execution ---------------------------------------------------------
     def get(self, *params: Any, **named: Any) -> Any:
         """Run the query and return its first row, or None when there is none."""
-        bindings = self._bindings(params, named)
-        lock = self._core.lock
-        lock.acquire()
-        try:
-            cursor = self._take_cursor()
-            was_busy = self._busy
-            self._busy = True
-            try:
-                cursor.execute(self._sql, bindings)
-                row = self._first_row(cursor)
-                if self._changes_schema:
-                    self._after_write()
-                if row is not None:
-                    row = self._row(row)
-            except BaseException as exc:
-                error = self._failed(exc, cursor, bindings)
-                if error is None:
-                    raise
-                raise error from None
-            finally:
-                self._busy = was_busy
-        finally:
-            lock.release()
-        return row
+        return self._call(_GET, self._bindings(params, named))
 
     def scalar(self, *params: Any, **named: Any) -> Any:
         """Return the first column of the first row, or None when there is no row."""
-        bindings = self._bindings(params, named)
-        lock = self._core.lock
-        lock.acquire()
-        try:
-            cursor = self._take_cursor()
-            was_busy = self._busy
-            self._busy = True
-            try:
-                cursor.execute(self._sql, bindings)
-                row = self._first_row(cursor)
-                if self._changes_schema:
-                    self._after_write()
-            except BaseException as exc:
-                error = self._failed(exc, cursor, bindings)
-                if error is None:
-                    raise
-                raise error from None
-            finally:
-                self._busy = was_busy
-        finally:
-            lock.release()
-        if row is None or len(row) == 0:
-            return None
-        return row[0]
+        return self._call(_SCALAR, self._bindings(params, named))
 
     def all(self, *params: Any, **named: Any) -> list[Any]:
         """Run the query and return every row as a list."""
-        bindings = self._bindings(params, named)
-        lock = self._core.lock
-        lock.acquire()
-        try:
-            cursor = self._take_cursor()
-            was_busy = self._busy
-            self._busy = True
-            try:
-                rows: list[Any] = cursor.execute(self._sql, bindings).fetchall()
-                if self._changes_schema:
-                    self._after_write()
-                if self._as_dict and rows:
-                    columns = self._columns
-                    if len(rows[0]) != len(columns):
-                        columns = self._refresh_columns()
-                    rows = [dict(zip(columns, row)) for row in rows]
-            except BaseException as exc:
-                error = self._failed(exc, cursor, bindings)
-                if error is None:
-                    raise
-                raise error from None
-            finally:
-                self._busy = was_busy
-        finally:
-            lock.release()
-        return rows
+        return self._call(_ALL, self._bindings(params, named))  # type: ignore[no-any-return]
+
+    def run(self, *params: Any, **named: Any) -> RunResult:
+        """Execute a write and return ``RunResult(changes, last_insert_rowid)``."""
+        return self._call(_RUN, self._bindings(params, named))  # type: ignore[no-any-return]
 
     def iterate(self, *params: Any, **named: Any) -> RowIterator:
         """Run the query and return an iterator over its rows.
@@ -438,57 +755,46 @@ class Statement:
         directly over ``iterate()`` that breaks drops it at once).
         """
         bindings = self._bindings(params, named)
-        lock = self._core.lock
-        lock.acquire()
+        core = self._core
+        if core.forks != _forks:
+            core.check_fork()
+        if self._parallel and core.routes_to_reader():
+            slot: Slot | None = core.checkout()
+            assert slot is not None
+            connection = slot.connection
+        else:
+            slot = None
+            connection = core.acquire_writer()
         try:
-            core = self._core
-            if core.closed:
-                raise _closed_error(core.path)
             if self._generation != core._generation:
-                self._describe()
-            cursor = self._conn.cursor()
+                self._describe(connection, on_reader=slot is not None)
+            cursor = connection.cursor()
+            token = _limits.start(core, False) if core.limits_active else None
+            if token is not None:
+                token.arm(connection)
             try:
                 cursor.execute(self._sql, bindings)
                 if self._changes_schema:
-                    self._after_write()
+                    core._generation += 1
             except BaseException as exc:
                 cursor.close(True)
-                error = binding_error(exc, self._sql, self._names, bindings)
+                error = token.translate(exc, self._sql) if token is not None else None
                 if error is None:
-                    raise
-                raise error from None
-        finally:
-            lock.release()
-        return RowIterator(self, cursor)
-
-    def run(self, *params: Any, **named: Any) -> RunResult:
-        """Execute a write and return ``RunResult(changes, last_insert_rowid)``."""
-        bindings = self._bindings(params, named)
-        lock = self._core.lock
-        lock.acquire()
-        try:
-            cursor = self._take_cursor()
-            was_busy = self._busy
-            self._busy = True
-            try:
-                cursor.execute(self._sql, bindings)
-                if self._returns_rows:
-                    for _ in cursor:
-                        pass
-                conn = self._conn
-                result = _new_run_result(RunResult, (conn.changes(), conn.last_insert_rowid()))
-                if self._changes_schema:
-                    self._after_write()
-            except BaseException as exc:
-                error = self._failed(exc, cursor, bindings)
+                    error = binding_error(exc, self._sql, self._names, bindings)
                 if error is None:
                     raise
                 raise error from None
             finally:
-                self._busy = was_busy
+                if token is not None:
+                    token.disarm(connection)
+        except BaseException:
+            if slot is not None:
+                core.checkin(slot)
+            raise
         finally:
-            lock.release()
-        return result
+            if slot is None:
+                core.release_writer()
+        return RowIterator(self, cursor, slot)
 
     def run_many(self, seq_of_params: Iterable[Any]) -> RunResult:
         """Execute once per item of ``seq_of_params`` (sequences, mappings or single values).
@@ -497,61 +803,36 @@ class Statement:
         runs in a savepoint, so a failing item leaves none of the batch behind.
         ``changes`` is the total number of rows changed (triggers included).
         """
-        items = _checked_many(self, seq_of_params)
-        lock = self._core.lock
-        lock.acquire()
+        return _batch.run_many(self._core, self, _checked_many(self, seq_of_params))
+
+    def _execute_many(self, connection: apsw.Connection, items: Iterator[Any]) -> None:
+        """``executemany`` on the writer (``_batch.run_many`` holds the lock and the transaction)."""
+        if self._epoch != self._core.epoch:
+            self._new_epoch()
+        busy = self._busy
+        cursor = self._cursors[0]
+        if cursor is None or busy:
+            cursor = connection.cursor()
+            if not busy:
+                self._cursors[0] = cursor
+        self._busy = True
         try:
-            cursor = self._take_cursor()
-            conn = self._conn
-            begin, commit, undo = _batch_sql(conn, self._core.begin_sql)
-            was_busy = self._busy
-            self._busy = True
-            try:
-                conn.execute(begin)
-                before = conn.total_changes()
-                try:
-                    cursor.executemany(self._sql, items)
-                    if self._returns_rows:
-                        for _ in cursor:
-                            pass
-                    result = _new_run_result(
-                        RunResult, (conn.total_changes() - before, conn.last_insert_rowid())
-                    )
-                except BaseException as exc:
-                    if conn.in_transaction:
-                        for sql in undo:
-                            conn.execute(sql)
-                    if self._changes_schema:
-                        self._after_write()  # what was undone may have changed the schema
-                    error = self._failed(exc, cursor, None)
-                    if error is None:
-                        raise
-                    raise error from None
-                try:
-                    conn.execute(commit)
-                except BaseException:
-                    if conn.in_transaction:
-                        for sql in undo:
-                            conn.execute(sql)
-                    raise
-                if self._changes_schema:
-                    self._after_write()
-            finally:
-                self._busy = was_busy
+            cursor.executemany(self._sql, items)
+            if self._returns_rows:
+                for _ in cursor:
+                    pass
+        except BaseException as exc:
+            error = self._failed(exc, cursor, 0, None, None)
+            if error is None:
+                raise
+            raise error from None
         finally:
-            lock.release()
-        return result
+            self._busy = busy
 
-
-def _batch_sql(conn: apsw.Connection, begin_sql: str) -> tuple[str, str, tuple[str, ...]]:
-    """SQL that makes a ``run_many`` batch atomic: begin, commit, and undo on failure."""
-    if conn.in_transaction:
-        return (
-            "SAVEPOINT appdb_run_many",
-            "RELEASE appdb_run_many",
-            ("ROLLBACK TO appdb_run_many", "RELEASE appdb_run_many"),
-        )
-    return begin_sql, "COMMIT", ("ROLLBACK",)
+    @property
+    def changes_schema(self) -> bool:
+        """True when running the statement changes the schema (DDL)."""
+        return self._changes_schema
 
 
 def _checked_many(statement: Statement, seq_of_params: Iterable[Any]) -> Iterator[Any]:
@@ -577,13 +858,19 @@ def _checked_items(statement: Statement, iterator: Iterator[Any]) -> Iterator[An
 
 
 class RowIterator:
-    """Iterator over the rows of one execution; resets the statement when done."""
+    """Iterator over the rows of one execution; resets the statement when done.
 
-    __slots__ = ("__weakref__", "_cursor", "_statement")
+    It holds the connection it runs on: a reader of the pool (given back when the
+    rows run out or the iterator is closed) or the writer (taken per step).
+    """
 
-    def __init__(self, statement: Statement, cursor: apsw.Cursor) -> None:
+    __slots__ = ("__weakref__", "_cursor", "_epoch", "_slot", "_statement")
+
+    def __init__(self, statement: Statement, cursor: apsw.Cursor, slot: Slot | None) -> None:
         self._statement = statement
         self._cursor: apsw.Cursor | None = cursor
+        self._slot = slot
+        self._epoch = statement._core.epoch
 
     def __iter__(self) -> RowIterator:
         return self
@@ -594,38 +881,67 @@ class RowIterator:
             raise StopIteration
         statement = self._statement
         core = statement._core
-        lock = core.lock
-        lock.acquire()
+        slot = self._slot
+        if slot is None:
+            core.lock.acquire()
         try:
-            if core.closed:
-                self._cursor = None
+            if core.closed or self._epoch != core.epoch:
+                self._finish()
                 raise _closed_error(core.path)
+            connection = cursor.connection
+            token = _limits.start(core, False) if core.limits_active else None
+            if token is not None:
+                token.arm(connection)
             try:
                 row = next(cursor)
             except StopIteration:
-                self._cursor = None
-                cursor.close(True)
+                self._finish()
                 raise
-            except BaseException:
-                self._cursor = None
-                cursor.close(True)
-                raise
-            return statement._row(row)
+            except BaseException as exc:
+                self._finish()
+                error = token.translate(exc, statement._sql) if token is not None else None
+                if error is None:
+                    raise
+                raise error from None
+            finally:
+                if token is not None:
+                    token.disarm(connection)
+            return statement._row(row, connection)
         finally:
-            lock.release()
+            if slot is None:
+                core.lock.release()
+
+    def _finish(self) -> None:
+        """Reset the statement and give the reader back (call with the writer lock for the writer)."""
+        cursor = self._cursor
+        slot = self._slot
+        self._cursor = None
+        self._slot = None
+        core = self._statement._core
+        if self._epoch != core.epoch:  # inherited across fork(): never touch it
+            leak(cursor)
+            return
+        if cursor is not None and not core.closed:
+            try:
+                cursor.close(True)
+            except apsw.Error:  # pragma: no cover - its connection closed meanwhile
+                pass
+        if slot is not None:
+            core.checkin(slot)
 
     def close(self) -> None:
         """Stop iterating and reset the statement now."""
-        cursor = self._cursor
-        if cursor is not None:
-            self._cursor = None
-            core = self._statement._core
-            core.lock.acquire()
-            try:
-                if not core.closed:
-                    cursor.close(True)
-            finally:
-                core.lock.release()
+        if self._cursor is None:
+            return
+        core = self._statement._core
+        if self._slot is not None or self._epoch != core.epoch:
+            self._finish()
+            return
+        core.lock.acquire()
+        try:
+            self._finish()
+        finally:
+            core.lock.release()
 
     def __enter__(self) -> RowIterator:
         return self
@@ -636,18 +952,10 @@ class RowIterator:
         self.close()
 
     def __del__(self) -> None:
-        # Under the connection lock: closing while another thread runs a statement
+        # On the writer, under its lock: closing while another thread runs a statement
         # raises ThreadingViolationError, which a finalizer can only swallow, and the
         # statement then stays active and pins a read snapshot (the WAL cannot reset).
-        cursor = self._cursor
-        if cursor is not None:
-            self._cursor = None
-            core = self._statement._core
-            core.lock.acquire()
-            try:
-                if not core.closed:
-                    cursor.close(True)
-            except Exception:  # pragma: no cover - interpreter shutdown
-                pass
-            finally:
-                core.lock.release()
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass

@@ -27,6 +27,11 @@ class StatementInfo(NamedTuple):
     changes_schema: bool = False
     #: ``EXPLAIN`` or ``EXPLAIN QUERY PLAN``: rows describe the program, never one row.
     is_explain: bool = False
+    #: A plain read of the main database (SELECT, VALUES, WITH; functions; no temp
+    #: or attached tables): it can run on any connection, so on a pool reader.
+    parallel: bool = False
+    #: BEGIN, COMMIT, ROLLBACK, SAVEPOINT or RELEASE.
+    transaction_control: bool = False
 
 
 #: Opcodes that may follow the one ``ResultRow`` of a program that yields at most one
@@ -59,9 +64,47 @@ def _program_shape(connection: apsw.Connection, sql: str) -> tuple[bool, bool]:
     return single, changes_schema
 
 
+#: Authorizer actions of a statement that only reads the database.
+_READ_ACTIONS = frozenset({apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION, apsw.SQLITE_RECURSIVE})
+_TRANSACTION_ACTIONS = frozenset({apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT})
+
+
+class _Actions:
+    """An authorizer that notes what a statement does while it is compiled.
+
+    It passes every request on to the authorizer already installed (a migration's
+    watcher, the user's), so it never changes what SQLite allows.
+    """
+
+    __slots__ = ("actions", "other_database", "previous")
+
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+        self.actions: set[int] = set()
+        self.other_database = False
+
+    def __call__(self, op: int, p1: Any, p2: Any, dbname: str | None, source: Any) -> int:
+        self.actions.add(op)
+        if op == apsw.SQLITE_READ and dbname not in (None, "main"):
+            self.other_database = True
+        if self.previous is not None:
+            return int(self.previous(op, p1, p2, dbname, source))
+        return apsw.SQLITE_OK
+
+    @property
+    def parallel(self) -> bool:
+        return not self.other_database and self.actions <= _READ_ACTIONS
+
+    @property
+    def transaction_control(self) -> bool:
+        return not self.actions.isdisjoint(_TRANSACTION_ACTIONS)
+
+
 def _trace(connection: apsw.Connection, sql: str) -> tuple[StatementInfo | None, str]:
     """Prepare ``sql`` without running it; return its info and the SQL it consumed."""
     found: list[tuple[StatementInfo | None, str]] = []
+    previous = connection.authorizer
+    actions = _Actions(previous)
 
     def tracer(cursor: apsw.Cursor, first: str, bindings: Any) -> bool:
         info = None
@@ -72,18 +115,22 @@ def _trace(connection: apsw.Connection, sql: str) -> tuple[StatementInfo | None,
                 parameter_count=cursor.bindings_count,
                 readonly=bool(cursor.is_readonly),
                 is_explain=bool(cursor.is_explain),
+                parallel=bool(cursor.is_readonly) and actions.parallel,
+                transaction_control=actions.transaction_control,
             )
         found.append((info, first))
         return False
 
     cursor = connection.cursor()
     cursor.exec_trace = tracer
+    connection.authorizer = actions
     try:
         # can_cache=False: a statement from APSW's cache may predate a schema change
         cursor.execute(sql, apsw._null_bindings, can_cache=False)  # type: ignore[attr-defined]
     except apsw.ExecTraceAbort:
         pass
     finally:
+        connection.authorizer = previous
         cursor.close()
     if not found:  # nothing but whitespace: the tracer never ran
         return None, sql

@@ -1,31 +1,33 @@
-"""``init_database`` and the ``AppDatabase`` facade."""
+"""The ``AppDatabase`` facade: statements, transactions, deadlines and maintenance."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import apsw
 
-from . import _select
+from . import _limits, _select
 from ._backup import write_backup
 from ._constants import MIGRATIONS_TABLE
-from ._files import file_identity, file_intact, prepare_file
+from ._files import file_identity, file_intact
 from ._types import CacheStats, CheckpointResult
 from ._walguard import guard_size, install_wal_guard
-from .errors import DatabaseClosedError, DatabaseOpenError
-from .pragmas import WRITE_PRAGMAS, pragma_sql, validate_pragmas
+from .errors import DatabaseClosedError
+from .pragmas import pragma_sql
 from .transaction import MODES, Transaction
 
 if TYPE_CHECKING:
     from ._fastcache_py import Statement
-    from .migrations import Migration, MigrationResult
+    from .migrations import MigrationResult
 
-__all__ = ["AppDatabase", "Transaction", "init_database"]
+__all__ = ["AppDatabase", "Transaction"]
 
 logger = logging.getLogger("appdb")
 
@@ -37,131 +39,10 @@ _CHECKPOINT_MODES = {
     "restart": apsw.SQLITE_CHECKPOINT_RESTART,
     "truncate": apsw.SQLITE_CHECKPOINT_TRUNCATE,
 }
-_OPEN_ERRORS = (apsw.NotADBError, apsw.CorruptError, apsw.CantOpenError, apsw.IOError, apsw.PermissionsError)
 
 
 class PrepareMethod(Protocol):
     def __call__(self, sql: str, *, row_type: str | None = None) -> Statement: ...
-
-
-def init_database(
-    path: str | os.PathLike[str] = "./data/app.db",
-    *,
-    readonly: bool = False,
-    run_migrations: bool = True,
-    migrations: str | os.PathLike[str] | Sequence[Migration] | None = None,
-    allow_destructive: bool = False,
-    pragmas: Mapping[str, int | str | bool] | None = None,
-    statement_cache_size: int = 256,
-    row_type: str = "dict",
-    vfs: str | None = None,
-) -> AppDatabase:
-    """Open (creating if needed) a tuned SQLite database and apply its migrations.
-
-    ``path`` is a file path or ``":memory:"``; a missing parent directory is
-    created. ``readonly=True`` never modifies the database file. ``migrations``
-    is a directory, an importable package name or a list of ``Migration``; with
-    ``run_migrations`` they are applied before this returns (destructive ones only
-    with ``allow_destructive=True``). ``pragmas`` overrides or adds pragmas.
-    ``vfs`` names a registered SQLite VFS to open the file through (default: SQLite's).
-    """
-    text = os.fspath(path)
-    if not isinstance(text, str):
-        raise TypeError(f"path must be a str or os.PathLike[str], not {type(path).__name__}")
-    if row_type not in ("dict", "tuple"):
-        raise ValueError(f"row_type must be 'dict' or 'tuple', not {row_type!r}")
-    if not isinstance(statement_cache_size, int) or statement_cache_size < 0:
-        raise ValueError(f"statement_cache_size must be an int >= 0, not {statement_cache_size!r}")
-    settings = validate_pragmas(pragmas)
-    memory = text == ":memory:" or text == ""
-    if not memory:
-        prepare_file(text, readonly)
-    if vfs is not None and not isinstance(vfs, str):
-        raise TypeError(f"vfs must be the name of a registered VFS (str), not {type(vfs).__name__}")
-    connection = _connect(text, readonly, statement_cache_size, vfs)
-    try:
-        _configure(connection, text, readonly, settings)
-    except BaseException:
-        connection.close(True)
-        raise
-    db = AppDatabase(
-        connection, text, readonly=readonly, statement_cache_size=statement_cache_size, row_type=row_type
-    )
-    if run_migrations and migrations is not None:
-        try:
-            from .migrations import apply_on_open
-
-            db.migration_results = apply_on_open(db, migrations, allow_destructive=allow_destructive)
-        except BaseException:
-            db.close()
-            raise
-    return db
-
-
-def _connect(path: str, readonly: bool, statement_cache_size: int, vfs: str | None = None) -> apsw.Connection:
-    flags = apsw.SQLITE_OPEN_READONLY
-    if not readonly:
-        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-    # APSW keeps the compiled statements. Its cache is scanned linearly on every
-    # execute, so it stays at APSW's default size (100) rather than growing with ours.
-    apsw_cache = max(16, min(100, statement_cache_size))
-    try:
-        return apsw.Connection(path, flags=flags, statementcachesize=apsw_cache, vfs=vfs)
-    except _OPEN_ERRORS as exc:
-        raise DatabaseOpenError(f"cannot open database {path!r}: {exc}") from exc
-
-
-def _configure(
-    connection: apsw.Connection, path: str, readonly: bool, settings: Mapping[str, object]
-) -> None:
-    connection.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
-    connection.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
-    connection.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0)
-    # Wait for other processes from the very first read: several processes opening
-    # (or creating, or switching to WAL) the same file at once otherwise get
-    # "database is locked" before the busy_timeout pragma below is applied.
-    timeout = settings.get("busy_timeout")
-    timeout_ms = 5000
-    if isinstance(timeout, int) and not isinstance(timeout, bool) and timeout >= 0:
-        timeout_ms = timeout
-    elif isinstance(timeout, str) and timeout.isdigit():
-        timeout_ms = int(timeout)
-    connection.set_busy_timeout(timeout_ms)
-    deadline = time.monotonic() + max(timeout_ms, 1000) / 1000
-    try:
-        # Reading the schema first turns "not a database" into one clear error.
-        _execute_patiently(connection, "SELECT count(*) FROM sqlite_schema", deadline)
-        for name, value in settings.items():
-            if readonly and name.rpartition(".")[2] in WRITE_PRAGMAS:
-                continue
-            _execute_patiently(connection, pragma_sql(name, value), deadline)
-    except (apsw.NotADBError, apsw.CorruptError) as exc:
-        raise DatabaseOpenError(
-            f"cannot open database {path!r}: the file is not a SQLite database or is corrupted ({exc})"
-        ) from exc
-    except (apsw.CantOpenError, apsw.IOError, apsw.PermissionsError, apsw.ReadOnlyError) as exc:
-        raise DatabaseOpenError(f"cannot open database {path!r}: {exc}") from exc
-    if not readonly:
-        install_wal_guard(connection)
-
-
-def _execute_patiently(connection: apsw.Connection, sql: str, deadline: float) -> None:
-    """Run ``sql``, retrying while another connection holds a conflicting lock.
-
-    Switching a new file to WAL needs an exclusive lock, and when several processes
-    open the same new file at once SQLite reports "database is locked" at once
-    (a lock upgrade that would deadlock) instead of calling the busy handler.
-    """
-    pause = 0.001
-    while True:
-        try:
-            connection.execute(sql).fetchall()
-            return
-        except apsw.BusyError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
 
 
 def _schema_version(connection: apsw.Connection) -> int | None:
@@ -173,10 +54,11 @@ def _schema_version(connection: apsw.Connection) -> int | None:
 
 
 class AppDatabase:
-    """A tuned SQLite connection with cached prepared statements and transactions.
+    """A tuned SQLite database: a writer connection, a pool of readers, cached statements.
 
     Create it with :func:`init_database`. It is a context manager that closes on
-    exit. All methods are safe to call from several threads.
+    exit. All methods are safe to call from several threads; read-only statements
+    called outside a transaction run on the reader pool, in parallel.
     """
 
     prepare: PrepareMethod
@@ -196,22 +78,32 @@ class AppDatabase:
         readonly: bool = False,
         statement_cache_size: int = 256,
         row_type: str = "dict",
+        readers: int = 0,
+        opener: Callable[[bool], apsw.Connection] | None = None,
+        query_timeout: float | None = None,
     ) -> None:
         begin = MODES["deferred"] if readonly else MODES["immediate"]
-        self._core = _select.impl.DatabaseCore(connection, path, statement_cache_size, row_type, begin)
-        self._lock = self._core.lock
+        self._core = _select.impl.DatabaseCore(
+            connection,
+            path,
+            statement_cache_size,
+            row_type,
+            begin,
+            readers=readers,
+            opener=opener,
+            query_timeout=query_timeout,
+        )
         self._path = path
         self._readonly = readonly
         self._memory = path in (":memory:", "")
         self._identity = None if self._memory else file_identity(path)
-        self._savepoints = 0
         self.prepare = self._core.prepare
         self.migration_results = []
 
     # -- properties ----------------------------------------------------------
     @property
     def connection(self) -> apsw.Connection:
-        """The underlying ``apsw.Connection``."""
+        """The writer ``apsw.Connection`` (use :meth:`writer` to hold it against other threads)."""
         self._check_open()
         return self._core.connection  # type: ignore[no-any-return]
 
@@ -226,13 +118,18 @@ class AppDatabase:
         return self._readonly
 
     @property
+    def readers(self) -> int:
+        """Size of the reader pool (0: every statement runs on the one connection)."""
+        return int(self._core.max_readers)
+
+    @property
     def closed(self) -> bool:
         """True once ``close()`` has been called."""
         return bool(self._core.closed)
 
     @property
     def in_transaction(self) -> bool:
-        """True while a transaction is open on this connection."""
+        """True while a transaction is open on the writer connection."""
         if self._core.closed:
             return False
         return bool(self._core.connection.in_transaction)
@@ -253,6 +150,19 @@ class AppDatabase:
         if self._core.closed:
             raise DatabaseClosedError(f"the database is closed: {self._path}")
 
+    @contextmanager
+    def writer(self) -> Iterator[apsw.Connection]:
+        """Hold the writer connection: other threads' writes wait until the block ends.
+
+        Re-entrant. Reads of other threads keep running on the reader pool; this
+        thread's statements inside the block run on the writer.
+        """
+        connection = self._core.acquire_writer()
+        try:
+            yield connection
+        finally:
+            self._core.release_writer()
+
     # -- statements ------------------------------------------------------------
     def statement_cache_stats(self) -> CacheStats:
         """Hits, misses, evictions, size and capacity of the statement cache."""
@@ -265,18 +175,19 @@ class AppDatabase:
         self._core.schema_changed()  # and every statement re-reads its columns
 
     def exec(self, sql: str) -> None:
-        """Run a script of one or more SQL statements (no parameters).
+        """Run a script of one or more SQL statements (no parameters), on the writer.
 
         When a statement fails, the statements before it that committed stay
         committed; a transaction the script itself opened (``BEGIN ...``) is rolled
         back before the error is re-raised. Inside ``db.transaction()`` the error
-        is left to that transaction.
+        is left to that transaction. A transaction the script leaves open (``BEGIN``
+        without ``COMMIT``) sends every statement to the writer until it ends.
         """
         if not isinstance(sql, str):
             raise TypeError(f"exec() takes SQL text (str), not {type(sql).__name__}")
-        with self._lock:
-            self._check_open()
-            connection = self._core.connection
+        core = self._core
+        with self.writer() as connection:
+            outermost = core.lock.depth() == 1
             was_in_transaction = connection.in_transaction
             schema = _schema_version(connection)
             cursor = connection.cursor()
@@ -287,7 +198,7 @@ class AppDatabase:
                 finally:
                     cursor.close(True)
                     if _schema_version(connection) != schema:
-                        self._core.schema_changed()  # statements re-read their columns
+                        core.schema_changed()  # statements re-read their columns
             except BaseException:
                 if not was_in_transaction and connection.in_transaction:
                     try:
@@ -295,8 +206,11 @@ class AppDatabase:
                     except apsw.Error as exc:  # keep the script's own error
                         logger.debug("rolling back after a failed exec() script failed: %s", exc)
                 raise
+            finally:
+                if outermost:
+                    core.raw_transaction = connection.in_transaction
 
-    # -- transactions ----------------------------------------------------------
+    # -- transactions and deadlines ------------------------------------------
     def transaction(
         self, fn: Callable[..., T] | None = None, /, *args: Any, mode: str | None = None, **kwargs: Any
     ) -> Any:
@@ -304,9 +218,11 @@ class AppDatabase:
 
         Commits when ``fn`` returns (and returns its value); rolls back and re-raises
         on any exception. Nested calls use savepoints. ``mode`` is ``"deferred"``,
-        ``"immediate"`` (default when writable) or ``"exclusive"``.
+        ``"immediate"`` (default when writable) or ``"exclusive"``. The block holds
+        the writer: this thread's statements run there (and see its own changes);
+        other threads keep reading committed data on the readers.
         """
-        context = Transaction(self, mode)
+        context = Transaction(self._core, mode, self)
         if fn is None:
             if args or kwargs:
                 raise TypeError("transaction() takes arguments for fn only when fn is given")
@@ -314,16 +230,41 @@ class AppDatabase:
         with context:
             return fn(self, *args, **kwargs)
 
+    @contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """Bound every statement this thread (or task) runs on this database inside the block.
+
+        A statement still running ``seconds`` after the block began is interrupted
+        and raises ``appdb.QueryTimeout``; its changes are rolled back and the
+        connection stays usable. Nested blocks keep the earlier deadline.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise ValueError(f"deadline seconds must be a number > 0, not {seconds!r}")
+        if math.isinf(seconds):
+            yield
+            return
+        core = self._core
+        parent = _limits.find(core)
+        deadline = time.monotonic() + seconds
+        if parent is not None and parent.deadline is not None and parent.deadline < deadline:
+            deadline, seconds = parent.deadline, parent.seconds or seconds
+        limit = _limits.Limit(core, deadline, seconds, parent=_limits.current.get())
+        token = _limits.current.set(limit)
+        core.limits_enter()
+        try:
+            yield
+        finally:
+            core.limits_exit()
+            _limits.current.reset(token)
+
     # -- maintenance -----------------------------------------------------------
     def is_healthy(self) -> bool:
         """True when the connection is open and can read its database file. Never raises."""
         try:
             if self._core.closed:
                 return False
-            with self._lock:
-                if self._core.closed:
-                    return False
-                self._core.connection.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+            with self.writer() as connection:
+                connection.execute("SELECT count(*) FROM sqlite_schema").fetchall()
             if not self._memory and not file_intact(self._path, self._identity):
                 return False
             return True
@@ -332,9 +273,7 @@ class AppDatabase:
 
     def get_schema_version(self) -> int:
         """Highest applied migration version, 0 when none has been applied."""
-        with self._lock:
-            self._check_open()
-            connection = self._core.connection
+        with self.writer() as connection:
             exists = connection.execute(
                 "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (MIGRATIONS_TABLE,)
             ).get
@@ -352,27 +291,35 @@ class AppDatabase:
         if mode not in _CHECKPOINT_MODES:
             modes = ", ".join(_CHECKPOINT_MODES)
             raise ValueError(f"checkpoint mode must be one of {modes}, not {mode!r}")
-        with self._lock:
-            self._check_open()
-            frames, done = self._core.connection.wal_checkpoint(mode=_CHECKPOINT_MODES[mode])
+        with self.writer() as connection:
+            frames, done = connection.wal_checkpoint(mode=_CHECKPOINT_MODES[mode])
         return CheckpointResult(frames, done)
 
     def backup(self, dest_path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
         """Write a consistent copy of the database to ``dest_path``; return that path.
 
-        Safe while other connections keep writing: the copy is one snapshot. It is
+        Safe while other connections keep writing: the copy is one snapshot, read
+        on a pool reader when there is one (writers are not held up). It is
         written to a private temporary file next to ``dest_path`` first and renamed
         into place, so a crash never leaves a half-written backup and overlapping
         backups never disturb each other. An existing file is replaced only with
         ``overwrite=True``; the database's own file is never a valid destination
         (``ValueError``).
         """
+        core = self._core
 
         def copy(target: apsw.Connection) -> None:
-            with self._lock:
-                self._check_open()
-                with target.backup("main", self._core.connection, "main") as step:
-                    step.step(-1)
+            self._check_open()
+            if core.routes_to_reader():
+                slot = core.checkout()
+                try:
+                    with target.backup("main", slot.connection, "main") as step:
+                        step.step(-1)
+                finally:
+                    core.checkin(slot)
+                return
+            with self.writer() as connection, target.backup("main", connection, "main") as step:
+                step.step(-1)
 
         return write_backup(
             dest_path,
@@ -383,15 +330,16 @@ class AppDatabase:
         )
 
     def pragma(self, name: str, value: int | str | bool | None = None) -> Any:
-        """Read or set a pragma; the name and value are validated (no SQL can be injected).
+        """Read or set a pragma on the writer; the name and value are validated.
 
         Returns the single value when the pragma answers one value, a list of
         dict rows when it answers several, and None when it answers nothing.
+        Connection settings changed here apply to the writer only; set them for
+        every connection with ``init_database(pragmas=...)``.
         """
         sql = pragma_sql(name, value)
-        with self._lock:
-            self._check_open()
-            cursor = self._core.connection.cursor()
+        with self.writer() as connection:
+            cursor = connection.cursor()
             rows: list[tuple[Any, ...]] = []
             names: list[str] = []
             try:
@@ -402,7 +350,6 @@ class AppDatabase:
             finally:
                 cursor.close(True)
             if sql.partition("=")[0].endswith("wal_autocheckpoint"):
-                connection = self._core.connection
                 if value is not None:
                     if not self._readonly:  # SQLite re-installed its own hook: put the guard back
                         install_wal_guard(connection)
@@ -415,18 +362,22 @@ class AppDatabase:
         return [dict(zip(names, row)) for row in rows]
 
     def close(self) -> None:
-        """Close the connection and clear the statement cache. Safe to call twice.
+        """Close every connection and clear the statement cache. Safe to call twice.
 
+        Calls made after ``close()`` (from any thread) raise ``DatabaseClosedError``;
+        readers still busy in other threads' calls close as those calls return.
         A transaction still open (begun with SQL such as ``exec("BEGIN")`` and never
         ended) is rolled back, with a warning on the ``appdb`` logger: its
         uncommitted changes are discarded. ``close()`` itself never raises for it.
         """
-        if self._core.closed:
+        core = self._core
+        if core.closed:
             return
-        with self._lock:
-            if self._core.closed:
-                return
-            connection = self._core.connection
+        try:
+            connection = core.acquire_writer()
+        except DatabaseClosedError:
+            return
+        try:
             if connection.in_transaction:
                 logger.warning(
                     "closing database %r with a transaction still open: rolled back, its uncommitted "
@@ -443,5 +394,7 @@ class AppDatabase:
                     connection.execute("PRAGMA optimize").fetchall()
                 except apsw.Error:  # optional housekeeping; never block a close
                     pass
-            self._core.mark_closed()
+            core.mark_closed()
             connection.close(True)
+        finally:
+            core.release_writer()

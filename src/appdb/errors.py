@@ -14,6 +14,7 @@ __all__ = [
     "Error",
     "InvalidPragmaError",
     "MigrationError",
+    "QueryTimeout",
     "TransactionError",
 ]
 
@@ -44,3 +45,11 @@ class DestructiveMigrationError(MigrationError):
 
 class TransactionError(Error):
     """A transaction ended in a way that may have lost its changes."""
+
+
+class QueryTimeout(Error, TimeoutError):
+    """A statement ran past its deadline (``db.deadline()`` or ``query_timeout``) and was interrupted.
+
+    The statement's own changes are rolled back (SQLite rolls back a whole write
+    transaction when a statement inside it is interrupted); the connection stays usable.
+    """

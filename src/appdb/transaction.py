@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Any
 
 import apsw
 
 from .errors import DatabaseClosedError, TransactionError
-
-if TYPE_CHECKING:
-    from .database import AppDatabase
 
 __all__ = ["MODES", "Transaction"]
 
@@ -23,67 +20,65 @@ class Transaction:
 
     One ``Transaction`` is one block: entering it again while it is active raises
     ``RuntimeError`` (call ``db.transaction()`` again for a nested block). Once its
-    block has ended it may be entered again.
+    block has ended it may be entered again. The block holds the writer lock, so
+    the calling thread's statements run on the writer.
     """
 
-    __slots__ = ("_active", "_db", "_generation", "_mode", "_savepoint")
+    __slots__ = ("_active", "_core", "_db", "_generation", "_mode", "_savepoint")
 
-    def __init__(self, db: AppDatabase, mode: str | None) -> None:
+    def __init__(self, core: Any, mode: str | None, db: Any) -> None:
         if mode is not None and mode not in MODES:
             raise ValueError(f"transaction mode must be 'deferred', 'immediate' or 'exclusive', not {mode!r}")
+        self._core = core
         self._db = db
         self._mode = mode
         self._savepoint: str | None = None
         self._active = False
         self._generation = 0
 
-    def __enter__(self) -> AppDatabase:
-        db = self._db
-        db._lock.acquire()
+    def __enter__(self) -> Any:
+        core = self._core
+        connection = core.acquire_writer()
         if self._active:  # only this thread can be inside it: the lock is re-entrant
-            db._lock.release()
+            core.release_writer()
             raise RuntimeError(
                 "this transaction is already active: call db.transaction() again for a nested block "
                 "instead of re-entering the same Transaction object"
             )
         try:
-            db._check_open()
-            connection = db._core.connection
             if connection.in_transaction:
-                db._savepoints += 1
-                self._savepoint = f"appdb_sp_{db._savepoints}"
+                # the lock depth is unique per nesting level of this thread's blocks
+                self._savepoint = f"appdb_sp_{core.lock.depth()}"
                 connection.execute(f"SAVEPOINT {self._savepoint}")
             else:
                 self._savepoint = None
-                connection.execute(MODES[self._mode] if self._mode else db._core.begin_sql)
+                connection.execute(MODES[self._mode] if self._mode else core.begin_sql)
         except BaseException:
-            if self._savepoint is not None:
-                db._savepoints -= 1
-                self._savepoint = None
-            db._lock.release()
+            self._savepoint = None
+            core.release_writer()
             raise
         self._active = True
-        self._generation = db._core.generation
-        return db
+        self._generation = core.generation
+        return self._db
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        db = self._db
+        core = self._core
         committed = False
         try:
-            if db._core.closed:
+            if core.closed:
                 if et is None:
-                    raise DatabaseClosedError(f"the database was closed inside a transaction: {db._path}")
+                    raise DatabaseClosedError(f"the database was closed inside a transaction: {core.path}")
                 return
-            connection = db._core.connection
+            connection = core.connection
             name = self._savepoint
             if et is None:
                 if not connection.in_transaction:
                     raise TransactionError(
                         "the transaction had already ended before it could commit (SQLite rolls back "
-                        "after errors such as a full disk, or SQL inside it ended it): nothing after "
-                        "that point was saved"
+                        "after errors such as a full disk or an interrupted write, or SQL inside it "
+                        "ended it): nothing after that point was saved"
                     )
                 try:
                     connection.execute(f"RELEASE {name}" if name else "COMMIT")
@@ -94,13 +89,16 @@ class Transaction:
             else:
                 self._rollback(connection, name)
         finally:
-            if not committed and not db._core.closed and db._core.generation != self._generation:
-                db._core.schema_changed()  # schema changes inside were undone: re-read columns
-            if self._savepoint is not None:
-                db._savepoints -= 1
-                self._savepoint = None
+            if not core.closed and core.generation != self._generation:
+                # Rolled back: the schema changes inside were undone. Committed: readers
+                # described statements against the old schema meanwhile. Either way,
+                # every statement re-reads its columns.
+                core.schema_changed()
+            if self._savepoint is None and not core.closed:
+                core.raw_transaction = False
+            self._savepoint = None
             self._active = False
-            db._lock.release()
+            core.release_writer()
 
     @staticmethod
     def _rollback(connection: apsw.Connection, name: str | None) -> None:

@@ -317,9 +317,9 @@ class MigrationRunner:
             return _Outcome("blocked", [], 0.0, destructive_error(migration, []))
         step = migration.up if direction == "up" else migration.down
         assert step is not None
-        # The facade's re-entrant lock keeps this connection's other threads out while
+        # Holding the writer (re-entrant) keeps this database's other threads' writes out while
         # foreign keys are off and between the steps of a non-transactional migration.
-        with db._lock, self._foreign_keys_off(migration):
+        with db.writer(), self._foreign_keys_off(migration):
             if migration.transactional:
                 return self._execute_atomic(migration, direction, step, approved)
             return self._execute_outside(migration, direction, step, approved)

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import apsw
 
+from .._connect import configure_connection
 from .._constants import MIGRATIONS_TABLE
 from ..database import AppDatabase
 from .ledger import as_int
@@ -20,9 +21,10 @@ _SPACE = re.compile(r"\s+")
 def _private_connection() -> apsw.Connection:
     # "" is a private temporary database: kept in memory, spilled to a temporary
     # file by SQLite when it grows, deleted on close.
+    # Configured like every other connection (double-quoted strings off included), so a
+    # dry run or verify rejects exactly the SQL the real run rejects.
     connection = apsw.Connection("")
-    connection.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
-    connection.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0)
+    configure_connection(connection, {}, wal_guard=False)
     return connection
 
 

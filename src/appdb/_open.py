@@ -1,0 +1,126 @@
+"""``init_database``: open (creating if needed) a tuned database, its reader pool, and migrate."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING
+
+import apsw
+
+from ._connect import ConnectionSpec, OnConnect, open_connection
+from ._files import prepare_file
+from .database import AppDatabase
+from .migrations import apply_on_open
+from .pragmas import validate_pragmas
+
+if TYPE_CHECKING:
+    from .migrations import Migration
+
+__all__ = ["default_readers", "init_database"]
+
+#: Upper bound of the default pool size. Readers are opened only when threads
+#: read at the same time, so the bound matters only for very busy servers.
+MAX_DEFAULT_READERS = 8
+
+
+def default_readers() -> int:
+    """Readers of the pool when ``readers=None``: the CPU count, between 4 and 8.
+
+    SQLite releases the GIL while it works, so readers run in parallel up to the
+    number of cores; a few more than the cores keep threads that wait on I/O from
+    queueing behind each other. Readers open lazily, so unused ones cost nothing.
+    """
+    return max(4, min(os.cpu_count() or 1, MAX_DEFAULT_READERS))
+
+
+def _check_options(
+    text: str, row_type: str, statement_cache_size: int, readers: int | None, query_timeout: float | None
+) -> None:
+    if row_type not in ("dict", "tuple"):
+        raise ValueError(f"row_type must be 'dict' or 'tuple', not {row_type!r}")
+    if not isinstance(statement_cache_size, int) or statement_cache_size < 0:
+        raise ValueError(f"statement_cache_size must be an int >= 0, not {statement_cache_size!r}")
+    if readers is not None and (not isinstance(readers, int) or isinstance(readers, bool) or readers < 0):
+        raise ValueError(f"readers must be None or an int >= 0, not {readers!r}")
+    if query_timeout is not None and (
+        isinstance(query_timeout, bool) or not isinstance(query_timeout, (int, float)) or not query_timeout > 0
+    ):
+        raise ValueError(f"query_timeout must be None or a number of seconds > 0, not {query_timeout!r}")
+
+
+def init_database(
+    path: str | os.PathLike[str] = "./data/app.db",
+    *,
+    readonly: bool = False,
+    run_migrations: bool = True,
+    migrations: str | os.PathLike[str] | Sequence[Migration] | None = None,
+    allow_destructive: bool = False,
+    pragmas: Mapping[str, int | str | bool] | None = None,
+    statement_cache_size: int = 256,
+    row_type: str = "dict",
+    vfs: str | None = None,
+    readers: int | None = None,
+    query_timeout: float | None = None,
+    on_connect: OnConnect | None = None,
+) -> AppDatabase:
+    """Open (creating if needed) a tuned SQLite database and apply its migrations.
+
+    ``path`` is a file path or ``":memory:"``; a missing parent directory is
+    created. ``readonly=True`` never modifies the database file. ``migrations``
+    is a directory, an importable package name or a list of ``Migration``; with
+    ``run_migrations`` they are applied before this returns (destructive ones only
+    with ``allow_destructive=True``). ``pragmas`` overrides or adds pragmas.
+    ``vfs`` names a registered SQLite VFS to open the file through (default: SQLite's).
+
+    ``readers`` is the size of the pool of read connections beside the writer
+    (``None``: :func:`default_readers`; ``0``: one connection for everything;
+    ``:memory:`` databases always use one). ``query_timeout`` bounds every
+    statement in seconds (``appdb.QueryTimeout``). ``on_connect(connection)`` runs
+    on every connection appdb opens (register functions and collations there).
+    """
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise TypeError(f"path must be a str or os.PathLike[str], not {type(path).__name__}")
+    _check_options(text, row_type, statement_cache_size, readers, query_timeout)
+    if vfs is not None and not isinstance(vfs, str):
+        raise TypeError(f"vfs must be the name of a registered VFS (str), not {type(vfs).__name__}")
+    if on_connect is not None and not callable(on_connect):
+        raise TypeError(f"on_connect must be callable, not {type(on_connect).__name__}")
+    settings = validate_pragmas(pragmas)
+    memory = text in (":memory:", "")
+    if not memory:
+        prepare_file(text, readonly)
+    pool_size = 0 if memory else (default_readers() if readers is None else readers)
+    spec = ConnectionSpec(
+        path=text,
+        readonly=readonly,
+        vfs=vfs,
+        pragmas=settings,
+        statement_cache_size=statement_cache_size,
+        on_connect=on_connect,
+    )
+    connection = open_connection(spec)
+    db = AppDatabase(
+        connection,
+        text,
+        readonly=readonly,
+        statement_cache_size=statement_cache_size,
+        row_type=row_type,
+        readers=pool_size,
+        opener=partial(_open_more, spec),
+        query_timeout=query_timeout,
+    )
+    if run_migrations and migrations is not None:
+        try:
+            db.migration_results = apply_on_open(db, migrations, allow_destructive=allow_destructive)
+        except BaseException:
+            db.close()
+            raise
+    return db
+
+
+def _open_more(spec: ConnectionSpec, reader: bool) -> apsw.Connection:
+    """Open another connection like the first: a pool reader, or a new writer after fork()."""
+    return open_connection(spec, reader=reader)

@@ -1,0 +1,133 @@
+"""The reader pool's slow paths, shared by both twins of the hot path.
+
+The twins take a reader with ``core.free.pop()`` and give it back with
+``core.free.append(slot)``: both are atomic under the GIL and make no system call.
+Everything else (opening a reader, waiting when every reader is busy, closing,
+re-opening after ``fork()``) is here, written once.
+
+Readers are opened lazily, one per thread that runs a read while all others are
+busy, up to ``max_readers``; after that a thread waits for one. A thread that
+already holds a reader (an unfinished ``iterate()``, or a SQL function calling
+back into appdb) never waits for another: it gets one more connection, so it
+cannot deadlock against itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import apsw
+
+from . import _limits
+from ._fork import leak
+from .errors import DatabaseClosedError
+
+__all__ = ["after_fork", "checkout_slow", "close_readers", "discard", "wake"]
+
+
+def _closed(core: Any) -> DatabaseClosedError:
+    return DatabaseClosedError(f"the database is closed: {core.path}")
+
+
+def _holds_a_reader(core: Any, me: int) -> bool:
+    return any(slot.owner == me for slot in list(core.slots))
+
+
+def _open_reader(core: Any) -> Any:
+    """Open one more reader (the caller reserved it by counting ``core.opening``)."""
+    try:
+        connection = core.opener(True)
+    except BaseException:
+        with core.cond:
+            core.opening -= 1
+            core.cond.notify()
+        raise
+    with core.cond:
+        core.opening -= 1
+        if core.closed:
+            connection.close(True)
+            raise _closed(core)
+        slot = core.new_slot(connection, len(core.slots) + 1)
+        core.slots.append(slot)
+        return slot
+
+
+def checkout_slow(core: Any) -> Any:
+    """A reader for the calling thread when none is free: open one, or wait for one."""
+    me = threading.get_ident()
+    cond = core.cond
+    with cond:
+        while True:
+            if core.closed:
+                raise _closed(core)
+            free = core.free
+            if free:
+                slot = free.pop()
+                slot.owner = me
+                return slot
+            if len(core.slots) + core.opening < core.max_readers or _holds_a_reader(core, me):
+                core.opening += 1
+                break
+            limit = _limits.find(core)
+            if limit is not None and limit.nowait:
+                raise _limits.WouldBlock
+            core.waiters += 1
+            try:
+                cond.wait(0.05)  # a timeout too: Ctrl-C is seen while waiting
+            finally:
+                core.waiters -= 1
+    slot = _open_reader(core)
+    slot.owner = me
+    return slot
+
+
+def wake(core: Any) -> None:
+    """A reader went back to the pool while threads wait: wake one."""
+    with core.cond:
+        core.cond.notify()
+
+
+def discard(core: Any, slot: Any) -> None:
+    """A reader came back after ``close()``: close it now."""
+    slot.owner = 0
+    try:
+        slot.connection.close(True)
+    except apsw.Error:  # already closed, or closing races a fork
+        pass
+
+
+def close_readers(core: Any) -> None:
+    """Close every idle reader; busy ones close as their calls return (``discard``)."""
+    with core.cond:
+        free = core.free or []
+        idle = list(free)
+        free.clear()
+        core.cond.notify_all()
+    for slot in idle:
+        discard(core, slot)
+
+
+def after_fork(core: Any, lock: Any) -> None:
+    """In a child process: forget the parent's connections and open our own writer.
+
+    ``lock`` is a fresh writer lock (the inherited one may be held by a thread that
+    does not exist here). In-memory databases keep their (copied) connection: they
+    have no file the parent could lose, and reopening would give an empty database.
+    """
+    memory = core.path in (":memory:", "")
+    core.lock = lock
+    core.cond = threading.Condition()
+    core.waiters = 0
+    core.opening = 0
+    core.raw_transaction = False
+    if not memory:
+        leak(core.writer.connection)
+        for slot in core.slots:
+            leak(slot.connection)
+        core.slots = []
+        if core.free is not None:
+            core.free = []
+        if not core.closed:
+            core.writer = core.new_slot(core.opener(False), 0)
+        core.epoch += 1  # statements hand their inherited cursors to leak() too
