@@ -64,3 +64,9 @@ def small(db: appdb.AppDatabase) -> appdb.AppDatabase:
         """
     )
     return db
+
+
+def open_snapshots(db: appdb.AppDatabase) -> int:
+    """Read snapshots still open on any of ``db``'s connections (busy readers included)."""
+    status = db.pool_status()
+    return status.busy + status.snapshots

@@ -8,6 +8,7 @@ import apsw
 import pytest
 
 import appdb
+from conftest import open_snapshots
 
 
 def test_prepare_returns_the_same_statement(small: appdb.AppDatabase) -> None:
@@ -79,7 +80,7 @@ def test_run_and_run_many(small: appdb.AppDatabase) -> None:
     assert small.prepare("DELETE FROM t WHERE id = ?").run_many([1, 2, 99]).changes == 2
     returning = small.prepare("INSERT INTO t (name) VALUES (?) RETURNING id")
     assert returning.run("z") == appdb.RunResult(1, 10)
-    assert small.connection.txn_state() == 0
+    assert open_snapshots(small) == 0
 
 
 def test_run_many_is_atomic_outside_a_transaction(small: appdb.AppDatabase) -> None:
@@ -152,41 +153,39 @@ def test_unsupported_value_type_names_the_parameter(small: appdb.AppDatabase) ->
 
 
 def test_no_statement_left_active(small: appdb.AppDatabase) -> None:
-    conn = small.connection
     many = small.prepare("SELECT * FROM t ORDER BY id")
     assert many.get() is not None
-    assert conn.txn_state() == 0
+    assert open_snapshots(small) == 0
     assert many.scalar() == 1
-    assert conn.txn_state() == 0
+    assert open_snapshots(small) == 0
     assert len(many.all()) == 5
-    assert conn.txn_state() == 0
+    assert open_snapshots(small) == 0
     small.prepare("INSERT INTO t (name) VALUES (?) RETURNING id").run("q")
-    assert conn.txn_state() == 0
+    assert open_snapshots(small) == 0
 
 
 def test_iterate_resets_on_break_close_and_collection(small: appdb.AppDatabase) -> None:
-    conn = small.connection
     stmt = small.prepare("SELECT * FROM t ORDER BY id")
     for _row in stmt.iterate():
-        assert conn.txn_state() == 1
+        assert open_snapshots(small) == 1
         break
     gc.collect()
-    assert conn.txn_state() == 0
+    assert open_snapshots(small) == 0
     rows = stmt.iterate()
     next(rows)
     rows.close()
-    assert conn.txn_state() == 0
+    assert open_snapshots(small) == 0
     assert list(rows) == []
     with stmt.iterate() as rows:
         next(rows)
-    assert conn.txn_state() == 0
+    assert open_snapshots(small) == 0
     rows = stmt.iterate()
     next(rows)
     del rows
     gc.collect()
-    assert conn.txn_state() == 0
+    assert open_snapshots(small) == 0
     assert len(list(stmt.iterate())) == 5
-    assert conn.txn_state() == 0
+    assert open_snapshots(small) == 0
 
 
 def test_same_statement_inside_its_own_iterate(small: appdb.AppDatabase) -> None:
@@ -243,7 +242,7 @@ def test_constraint_error_leaves_statement_usable(small: appdb.AppDatabase) -> N
     with pytest.raises(apsw.ConstraintError):
         insert.run(1, "dup")
     assert insert.run(100, "ok").last_insert_rowid == 100
-    assert small.connection.txn_state() == 0
+    assert open_snapshots(small) == 0
 
 
 def test_closed_database(small: appdb.AppDatabase) -> None:

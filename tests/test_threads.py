@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import appdb
+from conftest import open_snapshots
 
 
 def test_threads_share_statements(small: appdb.AppDatabase) -> None:
@@ -45,4 +46,4 @@ def test_threads_share_statements(small: appdb.AppDatabase) -> None:
     assert errors == []
     counts = small.prepare("SELECT name, count(*) AS n FROM t WHERE id > 5 GROUP BY name ORDER BY name").all()
     assert counts == [{"name": f"thread{n}", "n": per_thread} for n in range(8)]
-    assert small.connection.txn_state() == 0
+    assert open_snapshots(small) == 0

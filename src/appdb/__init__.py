@@ -6,9 +6,9 @@ subclasses); appdb's own errors subclass :class:`appdb.Error`.
 
 from __future__ import annotations
 
-from ._select import IMPLEMENTATION, Statement
-from ._types import CacheStats, CheckpointResult, RunResult
 from ._open import default_readers, init_database
+from ._select import IMPLEMENTATION, Statement
+from ._types import CacheStats, CheckpointResult, PoolStatus, RunResult
 from .database import AppDatabase, Transaction
 from .errors import (
     DatabaseClosedError,
@@ -37,6 +37,7 @@ __all__ = [
     "Error",
     "InvalidPragmaError",
     "MigrationError",
+    "PoolStatus",
     "QueryTimeout",
     "RunResult",
     "Statement",

@@ -58,21 +58,55 @@ cdef extern from *:
     object appdb_new_pair(object t, object a, object b)
 from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 
+import os
+import threading
+import time
 from collections.abc import Mapping
 
 import apsw
 
+from . import _batch, _limits, _pool
+from ._fork import leak
 from ._sqlinfo import binding_error, describe, extra_names_error
 from ._types import CacheStats, RunResult
 from .errors import DatabaseClosedError
 
-__all__ = ["ConnectionLock", "DatabaseCore", "RowIterator", "Statement"]
+__all__ = ["ConnectionLock", "DatabaseCore", "RowIterator", "Slot", "Statement"]
 
 cdef object _BindingsError = apsw.BindingsError
 cdef object _apsw_Error = apsw.Error
+cdef object _SQLError = apsw.SQLError
 cdef object _Mapping = Mapping
 cdef object _RunResult = RunResult
+cdef object _monotonic = time.monotonic
+cdef object _limits_start = _limits.start
+cdef object _checkout_slow = _pool.checkout_slow
+cdef object _discard = _pool.discard
+cdef object _wake = _pool.wake
+cdef object _close_readers = _pool.close_readers
 cdef tuple _ROW_TYPES = ("dict", "tuple")
+
+# What a statement call returns.
+DEF _GET = 0
+DEF _SCALAR = 1
+DEF _ALL = 2
+DEF _RUN = 3
+
+#: A waiter that has waited this long (s) for the writer lock makes the next
+#: release hand the lock to a waiter (starvation mode).
+STARVATION_SECONDS = 0.001
+cdef double _STARVATION = STARVATION_SECONDS
+
+cdef long long _forks = 0
+
+
+def _count_fork():
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
 
 
 cdef inline bint _is_scalar(object value):
@@ -102,15 +136,16 @@ def check_row_type(row_type):
 
 
 cdef class ConnectionLock:
-    """Re-entrant lock that serialises threads on one connection, first come first served.
+    """Re-entrant writer lock: no system call uncontended, no convoy, no starvation.
 
-    The uncontended path only touches a few fields under the GIL (no system
-    call). When threads wait, a release hands the lock over to one of them (the
-    *baton*) instead of letting the releasing thread, which still holds the GIL,
-    take it straight back: a thread that calls statements in a loop cannot lock
-    the others out. Waiting happens on an OS lock with the GIL released, waking
-    every 50 ms to let signals (Ctrl-C) through. The module is not marked
-    free-threading compatible, so the GIL is always there.
+    A free lock is taken by whoever asks (barging), so a thread that releases and
+    re-takes it keeps running instead of switching threads on every call (a lock
+    convoy). A release with waiters wakes one of them to compete. Once a waiter
+    has waited ``STARVATION_SECONDS``, the next release hands the lock to a waiter
+    (the *baton*), so a thread calling in a loop cannot lock the others out.
+    Waiting happens on an OS lock with the GIL released, waking every 50 ms so
+    that signals (Ctrl-C) get through. The state is only touched with the GIL
+    held (the module is not marked free-threading compatible).
     """
 
     cdef PyThread_type_lock _gate
@@ -119,14 +154,16 @@ cdef class ConnectionLock:
     cdef Py_ssize_t _waiters
     cdef bint _gate_open
     cdef bint _handoff
+    cdef bint _starving
 
     def __cinit__(self):
         self._gate = PyThread_allocate_lock()
         if self._gate == NULL:
             raise MemoryError("cannot allocate a lock")
-        PyThread_acquire_lock(self._gate, WAIT_LOCK)  # closed until a release hands over
+        PyThread_acquire_lock(self._gate, WAIT_LOCK)  # closed until a release opens it
         self._gate_open = False
         self._handoff = False
+        self._starving = False
         self._owner = 0
         self._count = 0
         self._waiters = 0
@@ -140,7 +177,7 @@ cdef class ConnectionLock:
     cdef inline int _acquire(self) except -1:
         cdef unsigned long me = PyThread_get_thread_ident()
         if self._count == 0:
-            if self._waiters == 0 and not self._handoff:
+            if not self._handoff and not (self._starving and self._waiters):
                 self._owner = me
                 self._count = 1
                 return 0
@@ -151,18 +188,25 @@ cdef class ConnectionLock:
 
     cdef int _acquire_contended(self, unsigned long me) except -1:
         cdef PyLockStatus status
+        cdef bint woken
+        cdef double started = _monotonic()
         self._waiters += 1
         while True:
             with nogil:
                 status = PyThread_acquire_lock_timed(self._gate, 50000, 0)
-            if status == PY_LOCK_ACQUIRED:  # the baton: the lock is ours
+            woken = status == PY_LOCK_ACQUIRED
+            if woken:
                 self._gate_open = False
+            if self._count == 0 and (woken or not self._handoff):
                 self._handoff = False
+                self._starving = False
                 self._waiters -= 1
                 self._owner = me
                 self._count = 1
                 return 0
             try:
+                if _monotonic() - started >= _STARVATION:
+                    self._starving = True
                 PyErr_CheckSignals()  # raises KeyboardInterrupt & co.
             except BaseException:
                 self._waiters -= 1
@@ -170,14 +214,11 @@ cdef class ConnectionLock:
                 raise
 
     cdef void _pass_baton_on(self) noexcept:
-        """A waiter gave up: if a baton was left for nobody, hand it on or drop it."""
-        if self._handoff and self._gate_open and PyThread_acquire_lock(self._gate, NOWAIT_LOCK):
+        """A waiter gave up: drop a baton (or wake-up) left for nobody."""
+        if self._waiters == 0 and self._gate_open and PyThread_acquire_lock(self._gate, NOWAIT_LOCK):
             self._gate_open = False
             self._handoff = False
-            if self._waiters:
-                self._handoff = True
-                self._gate_open = True
-                PyThread_release_lock(self._gate)
+            self._starving = False
 
     cdef inline int _release(self) except -1:
         if self._count == 0 or self._owner != <unsigned long>PyThread_get_thread_ident():
@@ -186,10 +227,23 @@ cdef class ConnectionLock:
         if self._count == 0:
             self._owner = 0
             if self._waiters and not self._handoff:
-                self._handoff = True
-                self._gate_open = True
-                PyThread_release_lock(self._gate)
+                if self._starving:
+                    self._handoff = True
+                if not self._gate_open:
+                    self._gate_open = True
+                    PyThread_release_lock(self._gate)
         return 0
+
+    cdef inline bint _owned(self):
+        return self._count > 0 and self._owner == PyThread_get_thread_ident()
+
+    def owned(self):
+        """True when the calling thread holds the lock."""
+        return self._owned()
+
+    def depth(self):
+        """How many times the calling thread holds the lock (0 when it does not)."""
+        return self._count if self._owner == PyThread_get_thread_ident() else 0
 
     def acquire(self):
         self._acquire()
@@ -204,17 +258,43 @@ cdef class ConnectionLock:
         self._release()
 
 
-cdef class DatabaseCore:
-    """Connection state shared by the facade and its statements, plus the LRU cache."""
+cdef class Slot:
+    """One connection of a database: the writer (index 0) or a reader of the pool."""
 
-    cdef readonly object connection
+    cdef public object connection
+    cdef public Py_ssize_t index
+    cdef public unsigned long owner
+
+    def __init__(self, connection, Py_ssize_t index):
+        self.connection = connection
+        self.index = index
+        self.owner = 0  # the thread using a reader, 0 while it is in the pool
+
+
+cdef class DatabaseCore:
+    """The connections (writer and reader pool) of one database, plus the LRU statement cache."""
+
     cdef readonly str path
-    cdef readonly ConnectionLock lock
+    cdef public ConnectionLock lock
     cdef readonly str row_type
     cdef readonly str begin_sql
     cdef readonly bint closed
+    cdef public Slot writer
+    cdef public object opener
+    cdef readonly Py_ssize_t max_readers
+    cdef public list free
+    cdef public list slots
+    cdef public object cond
+    cdef public Py_ssize_t waiters
+    cdef public Py_ssize_t opening
+    cdef public long long epoch
+    cdef public long long forks
+    cdef public bint raw_transaction
+    cdef readonly object query_timeout
+    cdef readonly Py_ssize_t limits_active
     cdef Py_ssize_t _capacity
     cdef dict _cache
+    cdef object _cache_lock
     cdef long long _clock
     cdef long long _hits
     cdef long long _misses
@@ -222,23 +302,116 @@ cdef class DatabaseCore:
     cdef long long _generation
     cdef object __weakref__
 
-    def __init__(self, connection, str path, Py_ssize_t capacity, row_type, str begin_sql):
+    def __init__(
+        self, connection, str path, Py_ssize_t capacity, row_type, str begin_sql, *,
+        Py_ssize_t readers=0, opener=None, query_timeout=None,
+    ):
         if capacity < 0:
             raise ValueError(f"statement_cache_size must be >= 0, not {capacity}")
-        self.connection = connection
+        if readers < 0:
+            raise ValueError(f"readers must be >= 0, not {readers}")
+        if readers and opener is None:
+            raise ValueError("a reader pool needs an opener")
         self.path = path
         self.lock = ConnectionLock()
         self.row_type = check_row_type(row_type)
         self.begin_sql = begin_sql
         self.closed = False
+        self.writer = Slot(connection, 0)
+        self.opener = opener
+        self.max_readers = readers
+        self.free = [] if readers else None
+        self.slots = []
+        self.cond = threading.Condition()
+        self.waiters = 0
+        self.opening = 0
+        self.epoch = 0
+        self.forks = _forks
+        self.raw_transaction = False
+        self.query_timeout = query_timeout
+        self.limits_active = 0 if query_timeout is None else 1
         self._capacity = capacity
         self._cache = {}
+        self._cache_lock = threading.Lock()
         self._clock = 0
         self._hits = 0
         self._misses = 0
         self._evictions = 0
         self._generation = 0
 
+    # -- connections -----------------------------------------------------------
+    @property
+    def connection(self):
+        """The writer connection."""
+        if self.forks != _forks:
+            self.check_fork()
+        return self.writer.connection
+
+    def new_slot(self, connection, Py_ssize_t index):
+        return Slot(connection, index)
+
+    def check_fork(self):
+        """In a child process after ``fork()``: stop using the parent's connections."""
+        if self.forks != _forks:
+            _pool.after_fork(self, ConnectionLock())
+            self.forks = _forks
+
+    def acquire_writer(self):
+        """Take the writer lock (re-entrant) and return the writer connection."""
+        if self.forks != _forks:
+            self.check_fork()
+        self.lock._acquire()
+        if self.closed:
+            self.lock._release()
+            raise _closed_error(self.path)
+        return self.writer.connection
+
+    def release_writer(self):
+        self.lock._release()
+
+    def checkout(self):
+        """A reader for the calling thread (``checkin`` gives it back)."""
+        if self.forks != _forks:
+            self.check_fork()
+        if self.free is None:
+            raise ValueError("this database has no reader pool")
+        return self._checkout()
+
+    cdef inline Slot _checkout(self):
+        cdef Slot slot
+        if self.closed:
+            raise _closed_error(self.path)
+        if self.free:
+            slot = <Slot>self.free.pop()
+            slot.owner = PyThread_get_thread_ident()
+            return slot
+        return <Slot>_checkout_slow(self)
+
+    def checkin(self, Slot slot):
+        self._checkin(slot)
+
+    cdef inline int _checkin(self, Slot slot) except -1:
+        slot.owner = 0
+        if self.closed or self.free is None:
+            _discard(self, slot)
+            return 0
+        self.free.append(slot)
+        if self.waiters:
+            _wake(self)
+        return 0
+
+    def routes_to_reader(self):
+        """True when a parallel statement called now by this thread would run on a reader."""
+        return self.free is not None and not self.raw_transaction and not self.lock._owned()
+
+    # -- limits ----------------------------------------------------------------
+    def limits_enter(self):
+        self.limits_active += 1
+
+    def limits_exit(self):
+        self.limits_active -= 1
+
+    # -- the statement cache -------------------------------------------------------
     def prepare(self, sql, *, row_type=None):
         """Return the cached ``Statement`` for ``sql`` (and row type), compiling it on a miss."""
         cdef PyObject* found
@@ -265,16 +438,14 @@ cdef class DatabaseCore:
     cdef Statement _prepare_miss(self, object key, object sql, object row_type):
         cdef bint as_dict = check_row_type(self.row_type if row_type is None else row_type) == "dict"
         cdef PyObject* found
-        cdef Statement statement
         cdef str text = _exact_sql(sql)
-        self.lock._acquire()  # several threads may miss on the same SQL at once
-        try:
+        cdef Statement statement = Statement(self, text, as_dict)  # compiles outside any lock
+        with self._cache_lock:  # several threads may miss on the same SQL at once
             if self.closed:
                 raise _closed_error(self.path)
             found = PyDict_GetItem(self._cache, key)
             if found != NULL:  # another thread compiled it meanwhile
                 return self._hit(<Statement>found)
-            statement = Statement(self, text, as_dict)
             self._misses += 1
             if self._capacity == 0:
                 return statement
@@ -284,8 +455,6 @@ cdef class DatabaseCore:
             statement._last_used = self._clock
             self._cache[key] = statement
             return statement
-        finally:
-            self.lock._release()
 
     cdef void _evict(self):
         cdef object oldest_key = None
@@ -305,11 +474,8 @@ cdef class DatabaseCore:
 
     def clear_statement_cache(self):
         """Forget every cached statement (statements already handed out keep working)."""
-        self.lock._acquire()
-        try:
+        with self._cache_lock:
             self._cache.clear()
-        finally:
-            self.lock._release()
 
     def schema_changed(self):
         """Note a schema change: every statement re-reads its columns before its next run."""
@@ -321,13 +487,16 @@ cdef class DatabaseCore:
         return self._generation
 
     def mark_closed(self):
-        """Mark the core closed and drop the cache; the caller closes the connection."""
+        """Mark the core closed, drop the cache and close idle readers; the caller closes the writer."""
         cdef Statement statement
         self.closed = True
-        for value in self._cache.values():
+        with self._cache_lock:
+            statements = list(self._cache.values())
+            self._cache.clear()
+        for value in statements:
             statement = <Statement>value
             statement._drop_cursor()
-        self._cache.clear()
+        _close_readers(self)
 
 
 cdef class Statement:
@@ -337,52 +506,82 @@ cdef class Statement:
     """
 
     cdef DatabaseCore _core
-    cdef object _conn
     cdef str _sql
     cdef tuple _columns
     cdef tuple _names
     cdef frozenset _named
     cdef Py_ssize_t _n_named
     cdef bint _readonly
+    cdef bint _parallel
+    cdef bint _described
+    cdef bint _txn_control
     cdef bint _returns_rows
     cdef bint _single_row
     cdef bint _changes_schema
     cdef bint _as_dict
-    cdef object _cursor
-    cdef object _execute
-    cdef object _changes
-    cdef object _last_insert_rowid
+    cdef list _cursors
+    cdef list _executes
     cdef bint _busy
     cdef long long _last_used
     cdef long long _generation
+    cdef long long _epoch
     cdef object __weakref__
 
     def __init__(self, DatabaseCore core, str sql, bint as_dict):
         self._core = core
-        self._conn = core.connection
         self._sql = sql
         self._as_dict = as_dict
-        self._cursor = None
-        self._execute = None
-        self._changes = core.connection.changes
-        self._last_insert_rowid = core.connection.last_insert_rowid
+        self._cursors = [None] * (core.max_readers + 1)
+        self._executes = [None] * (core.max_readers + 1)
+        self._epoch = core.epoch
         self._busy = False
         self._last_used = 0
-        self._describe()
+        self._parallel = True
+        self._described = False
+        self._describe_anywhere()
 
-    cdef int _describe(self) except -1:
-        """(Re)read what SQLite says about the statement; call with the lock held."""
+    cdef int _describe(self, object connection, bint on_reader) except -1:
+        """(Re)read what SQLite says about the statement; the caller holds ``connection``."""
         cdef long long generation = self._core._generation
-        info = describe(self._conn, self._sql)
+        info = describe(connection, self._sql)
         self._columns = info.columns
         self._names = info.parameter_names
         self._named = frozenset(n for n in info.parameter_names if n is not None and not n.isdigit())
         self._n_named = len(self._named)
         self._readonly = info.readonly
+        self._parallel = info.parallel and (on_reader or self._parallel)
+        self._txn_control = info.transaction_control
         self._returns_rows = bool(info.columns)
         self._single_row = info.single_row
         self._changes_schema = info.changes_schema
         self._generation = generation
+        self._described = True
+        return 0
+
+    cdef int _describe_anywhere(self) except -1:
+        """Describe on a reader when this thread would read there, else on the writer.
+
+        A statement that compiles on the writer but not on a reader (a temporary
+        table, an attached database, a function registered on the writer only)
+        always runs on the writer.
+        """
+        cdef DatabaseCore core = self._core
+        cdef Slot slot
+        if core.routes_to_reader():
+            slot = core._checkout()
+            try:
+                self._describe(slot.connection, True)
+                return 0
+            except _SQLError:
+                pass
+            finally:
+                core._checkin(slot)
+            self._parallel = False
+        connection = core.acquire_writer()
+        try:
+            self._describe(connection, False)
+        finally:
+            core.lock._release()
         return 0
 
     # -- properties --------------------------------------------------------
@@ -396,18 +595,23 @@ cdef class Statement:
         """Result column names (empty for statements that return no rows)."""
         cdef DatabaseCore core = self._core
         if self._generation != core._generation and not core.closed:
-            core.lock._acquire()
-            try:
-                if not core.closed:
-                    self._describe()
-            finally:
-                core.lock._release()
+            self._describe_anywhere()
         return self._columns
 
     @property
     def readonly(self):
         """True when the statement does not write to the database."""
         return self._readonly
+
+    @property
+    def parallel(self):
+        """True when calls outside a transaction run on a reader, beside other threads."""
+        return self._parallel and self._core.free is not None
+
+    @property
+    def changes_schema(self):
+        """True when running the statement changes the schema (DDL)."""
+        return self._changes_schema
 
     @property
     def row_type(self):
@@ -440,58 +644,58 @@ cdef class Statement:
                 return first
         return params
 
-    cdef inline object _take_cursor(self):
-        """The statement's own cursor, or a fresh one while it is in use (re-entry)."""
-        cdef DatabaseCore core = self._core
-        if core.closed:
-            raise _closed_error(core.path)
-        if self._generation != core._generation:
-            self._describe()
-        cursor = self._cursor
-        if cursor is None or self._busy:
-            cursor = self._conn.cursor()
-            if not self._busy:
-                self._cursor = cursor
-                self._execute = cursor.execute
-        return cursor
-
-    cdef inline object _start(self, object cursor, object bindings):
-        """Execute on ``cursor``, through the cached bound method when it is ours."""
-        if cursor is self._cursor:
-            return self._execute(self._sql, bindings)
-        return cursor.execute(self._sql, bindings)
-
-    cdef inline void _forget_cursor(self):
-        self._cursor = None
-        self._execute = None
+    cdef int _new_epoch(self) except -1:
+        """After ``fork()``: the cursors belong to the parent's connections; never touch them."""
+        for cursor in self._cursors:
+            leak(cursor)
+        self._cursors = [None] * (self._core.max_readers + 1)
+        self._executes = [None] * (self._core.max_readers + 1)
+        self._epoch = self._core.epoch
+        return 0
 
     cdef void _drop_cursor(self):
-        cursor = self._cursor
-        self._forget_cursor()
-        if cursor is not None:
-            cursor.close(True)
+        cdef list cursors = self._cursors
+        self._cursors = [None] * len(cursors)
+        self._executes = [None] * len(cursors)
+        if self._epoch != self._core.epoch:
+            for cursor in cursors:
+                leak(cursor)
+            return
+        for cursor in cursors:
+            if cursor is not None:
+                try:
+                    cursor.close(True)
+                except Exception:  # its connection is closed already
+                    pass
 
-    cdef int _reset(self, object cursor) except -1:
+    cdef int _forget(self, object cursor, Py_ssize_t index) except -1:
         """Reset ``cursor``'s statement without stepping it (closing resets it)."""
-        if cursor is self._cursor:
-            self._forget_cursor()
+        if index < PyList_GET_SIZE(self._cursors) and <object>PyList_GET_ITEM(self._cursors, index) is cursor:
+            self._cursors[index] = None
+            self._executes[index] = None
         cursor.close(True)
         return 0
 
-    cdef object _failed(self, BaseException exc, object cursor, object bindings):
-        """Discard ``cursor`` after an error; return the translated error if any."""
-        if cursor is self._cursor:
-            self._forget_cursor()
-        cursor.close(True)
-        return binding_error(exc, self._sql, self._names, bindings)
+    cdef inline object _cursor_on(self, Slot slot):
+        cdef Py_ssize_t index = slot.index
+        cdef Py_ssize_t size = PyList_GET_SIZE(self._cursors)
+        if index >= size:  # a reader opened beyond the pool size (nested use)
+            self._cursors.extend([None] * (index + 1 - size))
+            self._executes.extend([None] * (index + 1 - size))
+        cursor = <object>PyList_GET_ITEM(self._cursors, index)
+        if cursor is None:
+            cursor = slot.connection.cursor()
+            self._cursors[index] = cursor
+            self._executes[index] = cursor.execute
+        return cursor
 
-    cdef inline object _first_row(self, object cursor):
+    cdef inline object _first_row(self, object cursor, Py_ssize_t index):
         """Step to the first row, then leave the statement reset."""
         cdef bint more
         row = appdb_next_row(cursor)
         if row is not None:
             if not self._single_row:
-                self._reset(cursor)  # never evaluate a second row
+                self._forget(cursor, index)  # never evaluate a second row
             else:
                 try:
                     more = appdb_next_row(cursor) is not None
@@ -499,10 +703,10 @@ cdef class Statement:
                     more = True
                 if more:  # another connection changed the plan (e.g. dropped an index)
                     self._single_row = False
-                    self._reset(cursor)
+                    self._forget(cursor, index)
         return row
 
-    cdef inline object _row(self, object row):
+    cdef inline object _row(self, object row, object connection):
         cdef tuple columns
         cdef tuple values
         cdef dict d
@@ -513,108 +717,159 @@ cdef class Statement:
         columns = self._columns
         n = PyTuple_GET_SIZE(values)
         if n != PyTuple_GET_SIZE(columns):
-            columns = self._refresh_columns()
+            self._describe(connection, False)  # the schema changed under us (another connection)
+            columns = self._columns
         d = appdb_new_dict(n)
         for i in range(n):
             PyDict_SetItem(d, <object>PyTuple_GET_ITEM(columns, i), <object>PyTuple_GET_ITEM(values, i))
         return d
 
-    cdef tuple _refresh_columns(self):
-        """The schema changed under us (another connection): read the columns again."""
-        self._core.lock._acquire()
+    cdef object _execute(self, int kind, object cursor, Py_ssize_t index, object connection, object bindings):
+        """Run once on ``cursor`` and shape the result as ``kind`` asks."""
+        cdef list rows
+        cdef Py_ssize_t i, n
+        execute = <object>PyList_GET_ITEM(self._executes, index) if index < PyList_GET_SIZE(self._executes) else None
+        if execute is None or <object>PyList_GET_ITEM(self._cursors, index) is not cursor:
+            execute = cursor.execute
+        if kind == _RUN:
+            execute(self._sql, bindings)
+            if self._returns_rows:
+                for _ in cursor:
+                    pass
+            result = appdb_new_pair(_RunResult, connection.changes(), connection.last_insert_rowid())
+        elif kind == _ALL:
+            rows = execute(self._sql, bindings).fetchall()
+            n = PyList_GET_SIZE(rows)
+            if self._as_dict and n:
+                for i in range(n):
+                    rows[i] = self._row(<object>PyList_GET_ITEM(rows, i), connection)
+            result = rows
+        else:
+            execute(self._sql, bindings)
+            row = self._first_row(cursor, index)
+            if kind == _SCALAR:
+                result = None if row is None or len(row) == 0 else row[0]
+            else:
+                result = None if row is None else self._row(row, connection)
+        if self._changes_schema:
+            self._core._generation += 1
+        return result
+
+    cdef object _failed(self, BaseException exc, object cursor, Py_ssize_t index, object bindings, object token):
+        """Discard ``cursor`` after an error; return the translated error if any."""
+        self._forget(cursor, index)
+        if token is not None:
+            error = token.translate(exc, self._sql)
+            if error is not None:
+                return error
+        return binding_error(exc, self._sql, self._names, bindings)
+
+    # -- routing -----------------------------------------------------------
+    cdef object _call(self, int kind, object bindings):
+        cdef DatabaseCore core = self._core
+        if core.forks != _forks:
+            core.check_fork()
+        if (
+            self._parallel
+            and core.free is not None
+            and not core.raw_transaction
+            and core.lock._owner != PyThread_get_thread_ident()
+        ):
+            return self._call_reader(kind, bindings)
+        return self._call_writer(kind, bindings)
+
+    cdef object _call_reader(self, int kind, object bindings):
+        cdef DatabaseCore core = self._core
+        cdef Slot slot
+        cdef bint retry = False
+        token = _limits_start(core, False) if core.limits_active else None
+        slot = core._checkout()
         try:
-            self._describe()
+            if self._epoch != core.epoch:
+                self._new_epoch()
+            connection = slot.connection
+            cursor = self._cursor_on(slot)
+            if self._generation != core._generation:
+                self._describe(connection, True)
+            if token is not None:
+                token.arm(connection)
+            try:
+                return self._execute(kind, cursor, slot.index, connection, bindings)
+            except BaseException as exc:
+                error = self._failed(exc, cursor, slot.index, bindings, token)
+                if error is None:
+                    if not isinstance(exc, _SQLError):
+                        raise
+                    retry = True  # e.g. a function registered on the writer only
+                else:
+                    raise error from None
+            finally:
+                if token is not None:
+                    token.disarm(connection)
         finally:
-            self._core.lock._release()
-        return self._columns
+            core._checkin(slot)
+        result = self._call_writer(kind, bindings)  # a read has no side effects: run it again
+        self._parallel = False  # it works there and not on a reader
+        return result
+
+    cdef object _call_writer(self, int kind, object bindings):
+        cdef DatabaseCore core = self._core
+        cdef ConnectionLock lock
+        cdef bint busy
+        token = _limits_start(core, True) if core.limits_active else None
+        lock = core.lock
+        lock._acquire()
+        try:
+            if core.closed:
+                raise _closed_error(core.path)
+            if self._epoch != core.epoch:
+                self._new_epoch()
+            connection = core.writer.connection
+            if self._generation != core._generation:
+                self._describe(connection, False)
+            busy = self._busy
+            cursor = <object>PyList_GET_ITEM(self._cursors, 0)
+            if cursor is None or busy:
+                cursor = connection.cursor()  # re-entered: a fresh cursor of its own
+                if not busy:
+                    self._cursors[0] = cursor
+                    self._executes[0] = cursor.execute
+            self._busy = True
+            if token is not None:
+                token.arm(connection)
+            try:
+                result = self._execute(kind, cursor, 0, connection, bindings)
+            except BaseException as exc:
+                error = self._failed(exc, cursor, 0, bindings, token)
+                if error is None:
+                    raise
+                raise error from None
+            finally:
+                self._busy = busy
+                if token is not None:
+                    token.disarm(connection)
+                if self._txn_control and lock._count == 1:
+                    core.raw_transaction = connection.in_transaction
+        finally:
+            lock._release()
+        return result
 
     # -- execution ---------------------------------------------------------
     def get(self, *params, **named):
         """Run the query and return its first row, or None when there is none."""
-        bindings = self._bindings(params, named)
-        cdef ConnectionLock lock = self._core.lock
-        cdef bint was_busy
-        lock._acquire()
-        try:
-            cursor = self._take_cursor()
-            was_busy = self._busy
-            self._busy = True
-            try:
-                self._start(cursor, bindings)
-                row = self._first_row(cursor)
-                if self._changes_schema:
-                    self._core._generation += 1
-                if row is not None:
-                    row = self._row(row)
-            except BaseException as exc:
-                error = self._failed(exc, cursor, bindings)
-                if error is None:
-                    raise
-                raise error from None
-            finally:
-                self._busy = was_busy
-        finally:
-            lock._release()
-        return row
+        return self._call(_GET, self._bindings(params, named))
 
     def scalar(self, *params, **named):
         """Return the first column of the first row, or None when there is no row."""
-        bindings = self._bindings(params, named)
-        cdef ConnectionLock lock = self._core.lock
-        cdef bint was_busy
-        lock._acquire()
-        try:
-            cursor = self._take_cursor()
-            was_busy = self._busy
-            self._busy = True
-            try:
-                self._start(cursor, bindings)
-                row = self._first_row(cursor)
-                if self._changes_schema:
-                    self._core._generation += 1
-            except BaseException as exc:
-                error = self._failed(exc, cursor, bindings)
-                if error is None:
-                    raise
-                raise error from None
-            finally:
-                self._busy = was_busy
-        finally:
-            lock._release()
-        if row is None or len(row) == 0:
-            return None
-        return row[0]
+        return self._call(_SCALAR, self._bindings(params, named))
 
     def all(self, *params, **named):
         """Run the query and return every row as a list."""
-        bindings = self._bindings(params, named)
-        cdef ConnectionLock lock = self._core.lock
-        cdef list rows
-        cdef Py_ssize_t i, n
-        cdef bint was_busy
-        lock._acquire()
-        try:
-            cursor = self._take_cursor()
-            was_busy = self._busy
-            self._busy = True
-            try:
-                rows = self._start(cursor, bindings).fetchall()
-                if self._changes_schema:
-                    self._core._generation += 1
-                n = PyList_GET_SIZE(rows)
-                if self._as_dict and n:
-                    for i in range(n):
-                        rows[i] = self._row(<object>PyList_GET_ITEM(rows, i))
-            except BaseException as exc:
-                error = self._failed(exc, cursor, bindings)
-                if error is None:
-                    raise
-                raise error from None
-            finally:
-                self._busy = was_busy
-        finally:
-            lock._release()
-        return rows
+        return self._call(_ALL, self._bindings(params, named))
+
+    def run(self, *params, **named):
+        """Execute a write and return ``RunResult(changes, last_insert_rowid)``."""
+        return self._call(_RUN, self._bindings(params, named))
 
     def iterate(self, *params, **named):
         """Run the query and return an iterator over its rows.
@@ -624,57 +879,45 @@ cdef class Statement:
         directly over ``iterate()`` that breaks drops it at once).
         """
         bindings = self._bindings(params, named)
-        cdef ConnectionLock lock = self._core.lock
         cdef DatabaseCore core = self._core
-        lock._acquire()
+        cdef Slot slot = None
+        if core.forks != _forks:
+            core.check_fork()
+        if self._parallel and core.routes_to_reader():
+            slot = core._checkout()
+            connection = slot.connection
+        else:
+            connection = core.acquire_writer()
         try:
-            if core.closed:
-                raise _closed_error(core.path)
             if self._generation != core._generation:
-                self._describe()
-            cursor = self._conn.cursor()
+                self._describe(connection, slot is not None)
+            cursor = connection.cursor()
+            token = _limits_start(core, False) if core.limits_active else None
+            if token is not None:
+                token.arm(connection)
             try:
                 cursor.execute(self._sql, bindings)
                 if self._changes_schema:
                     core._generation += 1
             except BaseException as exc:
                 cursor.close(True)
-                error = binding_error(exc, self._sql, self._names, bindings)
+                error = token.translate(exc, self._sql) if token is not None else None
                 if error is None:
-                    raise
-                raise error from None
-        finally:
-            lock._release()
-        return RowIterator(self, cursor)
-
-    def run(self, *params, **named):
-        """Execute a write and return ``RunResult(changes, last_insert_rowid)``."""
-        bindings = self._bindings(params, named)
-        cdef ConnectionLock lock = self._core.lock
-        cdef bint was_busy
-        lock._acquire()
-        try:
-            cursor = self._take_cursor()
-            was_busy = self._busy
-            self._busy = True
-            try:
-                self._start(cursor, bindings)
-                if self._returns_rows:
-                    for _ in cursor:
-                        pass
-                result = appdb_new_pair(_RunResult, self._changes(), self._last_insert_rowid())
-                if self._changes_schema:
-                    self._core._generation += 1
-            except BaseException as exc:
-                error = self._failed(exc, cursor, bindings)
+                    error = binding_error(exc, self._sql, self._names, bindings)
                 if error is None:
                     raise
                 raise error from None
             finally:
-                self._busy = was_busy
+                if token is not None:
+                    token.disarm(connection)
+        except BaseException:
+            if slot is not None:
+                core._checkin(slot)
+            raise
         finally:
-            lock._release()
-        return result
+            if slot is None:
+                core.lock._release()
+        return RowIterator(self, cursor, slot)
 
     def run_many(self, seq_of_params):
         """Execute once per item of ``seq_of_params`` (sequences, mappings or single values).
@@ -683,60 +926,33 @@ cdef class Statement:
         runs in a savepoint, so a failing item leaves none of the batch behind.
         ``changes`` is the total number of rows changed (triggers included).
         """
-        items = _CheckedMany(self, seq_of_params)
-        cdef ConnectionLock lock = self._core.lock
-        cdef bint was_busy
-        lock._acquire()
+        return _batch.run_many(self._core, self, _CheckedMany(self, seq_of_params))
+
+    def _execute_many(self, connection, items):
+        """``executemany`` on the writer (``_batch.run_many`` holds the lock and the transaction)."""
+        cdef bint busy
+        if self._epoch != self._core.epoch:
+            self._new_epoch()
+        busy = self._busy
+        cursor = <object>PyList_GET_ITEM(self._cursors, 0)
+        if cursor is None or busy:
+            cursor = connection.cursor()
+            if not busy:
+                self._cursors[0] = cursor
+                self._executes[0] = cursor.execute
+        self._busy = True
         try:
-            cursor = self._take_cursor()
-            conn = self._conn
-            begin, commit, undo = _batch_sql(conn, self._core.begin_sql)
-            was_busy = self._busy
-            self._busy = True
-            try:
-                conn.execute(begin)
-                before = conn.total_changes()
-                try:
-                    cursor.executemany(self._sql, items)
-                    if self._returns_rows:
-                        for _ in cursor:
-                            pass
-                    result = appdb_new_pair(_RunResult, conn.total_changes() - before, conn.last_insert_rowid())
-                except BaseException as exc:
-                    if conn.in_transaction:
-                        for sql in undo:
-                            conn.execute(sql)
-                    if self._changes_schema:
-                        self._core._generation += 1  # what was undone may have changed the schema
-                    error = self._failed(exc, cursor, None)
-                    if error is None:
-                        raise
-                    raise error from None
-                try:
-                    conn.execute(commit)
-                except BaseException:
-                    if conn.in_transaction:
-                        for sql in undo:
-                            conn.execute(sql)
-                    raise
-                if self._changes_schema:
-                    self._core._generation += 1
-            finally:
-                self._busy = was_busy
+            cursor.executemany(self._sql, items)
+            if self._returns_rows:
+                for _ in cursor:
+                    pass
+        except BaseException as exc:
+            error = self._failed(exc, cursor, 0, None, None)
+            if error is None:
+                raise
+            raise error from None
         finally:
-            lock._release()
-        return result
-
-
-cdef tuple _batch_sql(object conn, str begin_sql):
-    """SQL that makes a ``run_many`` batch atomic: begin, commit, and undo on failure."""
-    if conn.in_transaction:
-        return (
-            "SAVEPOINT appdb_run_many",
-            "RELEASE appdb_run_many",
-            ("ROLLBACK TO appdb_run_many", "RELEASE appdb_run_many"),
-        )
-    return begin_sql, "COMMIT", ("ROLLBACK",)
+            self._busy = busy
 
 
 cdef class _CheckedMany:
@@ -768,15 +984,23 @@ cdef class _CheckedMany:
 
 
 cdef class RowIterator:
-    """Iterator over the rows of one execution; resets the statement when done."""
+    """Iterator over the rows of one execution; resets the statement when done.
+
+    It holds the connection it runs on: a reader of the pool (given back when the
+    rows run out or the iterator is closed) or the writer (taken per step).
+    """
 
     cdef Statement _statement
     cdef object _cursor
+    cdef Slot _slot
+    cdef long long _epoch
     cdef object __weakref__
 
-    def __init__(self, Statement statement, cursor):
+    def __init__(self, Statement statement, cursor, Slot slot):
         self._statement = statement
         self._cursor = cursor
+        self._slot = slot
+        self._epoch = statement._core.epoch
 
     def __iter__(self):
         return self
@@ -787,38 +1011,68 @@ cdef class RowIterator:
             raise StopIteration
         cdef Statement statement = self._statement
         cdef DatabaseCore core = statement._core
-        cdef ConnectionLock lock = core.lock
-        lock._acquire()
+        cdef bint writer = self._slot is None
+        if writer:
+            core.lock._acquire()
         try:
-            if core.closed:
-                self._cursor = None
+            if core.closed or self._epoch != core.epoch:
+                self._finish()
                 raise _closed_error(core.path)
+            connection = cursor.connection
+            token = _limits_start(core, False) if core.limits_active else None
+            if token is not None:
+                token.arm(connection)
             try:
                 row = next(cursor)
             except StopIteration:
-                self._cursor = None
-                cursor.close(True)
+                self._finish()
                 raise
-            except BaseException:
-                self._cursor = None
-                cursor.close(True)
-                raise
-            return statement._row(row)
+            except BaseException as exc:
+                self._finish()
+                error = token.translate(exc, statement._sql) if token is not None else None
+                if error is None:
+                    raise
+                raise error from None
+            finally:
+                if token is not None:
+                    token.disarm(connection)
+            return statement._row(row, connection)
         finally:
-            lock._release()
+            if writer:
+                core.lock._release()
+
+    cdef int _finish(self) except -1:
+        """Reset the statement and give the reader back (call with the writer lock for the writer)."""
+        cursor = self._cursor
+        cdef Slot slot = self._slot
+        self._cursor = None
+        self._slot = None
+        cdef DatabaseCore core = self._statement._core
+        if self._epoch != core.epoch:  # inherited across fork(): never touch it
+            leak(cursor)
+            return 0
+        if cursor is not None and not core.closed:
+            try:
+                cursor.close(True)
+            except _apsw_Error:
+                pass
+        if slot is not None:
+            core._checkin(slot)
+        return 0
 
     def close(self):
         """Stop iterating and reset the statement now."""
-        cursor = self._cursor
-        if cursor is not None:
-            self._cursor = None
-            core = self._statement._core
-            core.lock._acquire()
-            try:
-                if not core.closed:
-                    cursor.close(True)
-            finally:
-                core.lock._release()
+        if self._cursor is None:
+            return
+        cdef DatabaseCore core = self._statement._core
+        if self._slot is not None or self._epoch != core.epoch:
+            self._finish()
+            return
+        core.lock._acquire()
+        try:
+            self._finish()
+        finally:
+            core.lock._release()
 
     def __enter__(self):
         return self
@@ -827,18 +1081,10 @@ cdef class RowIterator:
         self.close()
 
     def __del__(self):
-        # Under the connection lock: closing while another thread runs a statement
+        # On the writer, under its lock: closing while another thread runs a statement
         # raises ThreadingViolationError, which a finalizer can only swallow, and the
         # statement then stays active and pins a read snapshot (the WAL cannot reset).
-        cursor = self._cursor
-        if cursor is not None:
-            self._cursor = None
-            core = self._statement._core
-            core.lock._acquire()
-            try:
-                if not core.closed:
-                    cursor.close(True)
-            except Exception:
-                pass
-            finally:
-                core.lock._release()
+        try:
+            self.close()
+        except Exception:
+            pass

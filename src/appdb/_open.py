@@ -12,6 +12,7 @@ import apsw
 from ._connect import ConnectionSpec, OnConnect, open_connection
 from ._files import prepare_file
 from .database import AppDatabase
+from .errors import DatabaseOpenError
 from .migrations import apply_on_open
 from .pragmas import validate_pragmas
 
@@ -45,7 +46,9 @@ def _check_options(
     if readers is not None and (not isinstance(readers, int) or isinstance(readers, bool) or readers < 0):
         raise ValueError(f"readers must be None or an int >= 0, not {readers!r}")
     if query_timeout is not None and (
-        isinstance(query_timeout, bool) or not isinstance(query_timeout, (int, float)) or not query_timeout > 0
+        isinstance(query_timeout, bool)
+        or not isinstance(query_timeout, (int, float))
+        or not query_timeout > 0
     ):
         raise ValueError(f"query_timeout must be None or a number of seconds > 0, not {query_timeout!r}")
 
@@ -122,5 +125,14 @@ def init_database(
 
 
 def _open_more(spec: ConnectionSpec, reader: bool) -> apsw.Connection:
-    """Open another connection like the first: a pool reader, or a new writer after fork()."""
-    return open_connection(spec, reader=reader)
+    """Open another connection like the first: a pool reader, or a new writer after fork().
+
+    The file opened fine before, so a failure now (an I/O error, a full disk) is
+    the statement's error: SQLite's own exception, not ``DatabaseOpenError``.
+    """
+    try:
+        return open_connection(spec, reader=reader)
+    except DatabaseOpenError as exc:
+        if isinstance(exc.__cause__, apsw.Error):
+            raise exc.__cause__ from None
+        raise

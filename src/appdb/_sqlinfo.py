@@ -137,6 +137,22 @@ def _trace(connection: apsw.Connection, sql: str) -> tuple[StatementInfo | None,
     return found[0]
 
 
+def _refresh_schema(connection: apsw.Connection) -> None:
+    """Make ``connection`` notice schema changes committed by other connections.
+
+    Compiling uses the schema the connection last read; only running a statement
+    checks the schema cookie (and reloads on a change). A pool reader that has not
+    run anything since another connection created a table would otherwise report
+    "no such table", or old column names after a rename.
+    """
+    if connection.in_transaction:
+        return  # inside its own transaction the connection's schema is the current one
+    try:
+        connection.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()
+    except apsw.Error:  # reported by the real compile below
+        pass
+
+
 def describe(connection: apsw.Connection, sql: str) -> StatementInfo:
     """Compile ``sql`` once and report its columns, parameters and read-only flag.
 
@@ -145,6 +161,7 @@ def describe(connection: apsw.Connection, sql: str) -> StatementInfo:
     """
     if not isinstance(sql, str):
         raise TypeError(f"SQL must be a str, not {type(sql).__name__}")
+    _refresh_schema(connection)
     info, consumed = _trace(connection, sql)
     if info is None:
         raise ValueError(f"the SQL text contains no statement: {sql!r}")

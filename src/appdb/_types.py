@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["CacheStats", "CheckpointResult", "RunResult"]
+__all__ = ["CacheStats", "CheckpointResult", "PoolStatus", "RunResult"]
 
 
 class RunResult(NamedTuple):
@@ -29,3 +29,17 @@ class CheckpointResult(NamedTuple):
 
     wal_frames: int
     checkpointed_frames: int
+
+
+class PoolStatus(NamedTuple):
+    """The connections of a database right now (``AppDatabase.pool_status()``)."""
+
+    #: Size of the reader pool (0: the writer runs everything).
+    readers: int
+    #: Reader connections open (they open lazily, up to ``readers``).
+    open: int
+    #: Readers in use by a call or an unfinished ``iterate()``.
+    busy: int
+    #: Idle connections (the writer included) still holding a read snapshot or a
+    #: transaction: 0 unless a transaction is open. Busy readers are not counted.
+    snapshots: int

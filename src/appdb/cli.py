@@ -18,7 +18,8 @@ from typing import Any, TextIO
 import apsw
 
 from . import __version__
-from .database import AppDatabase, init_database
+from ._open import init_database
+from .database import AppDatabase
 from .errors import Error
 from .migrations import MigrationResult, MigrationRunner, discover_migrations, verify_migrations
 from .migrations.discovery import FILE_PATTERN

@@ -17,7 +17,7 @@ from . import _limits, _select
 from ._backup import write_backup
 from ._constants import MIGRATIONS_TABLE
 from ._files import file_identity, file_intact
-from ._types import CacheStats, CheckpointResult
+from ._types import CacheStats, CheckpointResult, PoolStatus
 from ._walguard import guard_size, install_wal_guard
 from .errors import DatabaseClosedError
 from .pragmas import pragma_sql
@@ -162,6 +162,28 @@ class AppDatabase:
             yield connection
         finally:
             self._core.release_writer()
+
+    def pool_status(self) -> PoolStatus:
+        """How many readers are open and busy, and whether an idle connection holds a snapshot.
+
+        ``busy + snapshots == 0`` means no read snapshot is open anywhere (nothing
+        keeps the WAL from being reset).
+        """
+        core = self._core
+        with self.writer() as connection:
+            snapshots = 1 if connection.txn_state() else 0
+            if core.free is None:
+                return PoolStatus(0, 0, 0, snapshots)
+            with core.cond:  # idle readers stay out of the pool while they are looked at
+                idle = list(core.free)
+                core.free.clear()
+                try:
+                    snapshots += sum(1 for slot in idle if slot.connection.txn_state())
+                finally:
+                    core.free.extend(idle)
+                    core.cond.notify_all()
+                opened = len(core.slots)
+        return PoolStatus(int(core.max_readers), opened, opened - len(idle), snapshots)
 
     # -- statements ------------------------------------------------------------
     def statement_cache_stats(self) -> CacheStats:

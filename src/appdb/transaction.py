@@ -65,7 +65,6 @@ class Transaction:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         core = self._core
-        committed = False
         try:
             if core.closed:
                 if et is None:
@@ -85,7 +84,6 @@ class Transaction:
                 except BaseException:
                     self._rollback(connection, name)
                     raise
-                committed = True
             else:
                 self._rollback(connection, name)
         finally:

@@ -14,6 +14,7 @@ import pytest
 from reliability_support import open_with, twin_modules
 
 import appdb
+from conftest import open_snapshots
 
 
 def digest(path: Path) -> str:
@@ -287,7 +288,7 @@ def run_binding_cases(module: ModuleType, tmp_path: Path) -> list[list[tuple[str
                     _outcome(lambda s=statement, p=params, n=named: s.run(*p, **n)),
                 ]
             )
-            assert db.connection.txn_state() == 0
+            assert open_snapshots(db) == 0
         results.append([_outcome(lambda: db.prepare(42)), _outcome(lambda: db.prepare(""))])  # type: ignore[arg-type]
         results.append([_outcome(lambda: db.prepare("SELEC 1")), _outcome(lambda: db.exec(42))])  # type: ignore[arg-type]
         results.append([_outcome(lambda: db.prepare("INSERT INTO nope VALUES (1)"))])

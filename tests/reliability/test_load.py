@@ -16,6 +16,7 @@ from reliability_support import expect_line, integrity, spawn
 import appdb
 from appdb import _walguard
 from appdb._walguard import WAL_GUARD_FACTOR
+from conftest import open_snapshots
 
 PROCESSES = 8
 TRANSACTIONS = 2_000
@@ -123,7 +124,7 @@ def test_eight_threads_share_one_database(db: appdb.AppDatabase) -> None:
     assert db.prepare("SELECT count(*) FROM child").scalar() == THREADS * (ROUNDS + kept_inner)
     assert db.prepare("SELECT count(*) FROM parent GROUP BY thread").all() == [{"count(*)": ROUNDS}] * THREADS
     assert not db.in_transaction
-    assert db.connection.txn_state() == 0  # no statement left holding a read snapshot
+    assert open_snapshots(db) == 0  # no statement left holding a read snapshot
     assert db.pragma("integrity_check") == "ok"
 
 
