@@ -19,6 +19,9 @@ from bench_measure import Settings, TrialResult
 __all__ = [
     "TARGETS",
     "Results",
+    "Target",
+    "fmt_rate",
+    "judge",
     "machine_info",
     "matplotlib_available",
     "memory_table",
@@ -128,6 +131,17 @@ def fmt_us(value: float | None) -> str:
     return f"{value:,.0f}"
 
 
+def fmt_rate(value: float) -> str:
+    """Operations per second with about three significant digits."""
+    if value >= 1000:
+        return f"{value:,.0f}"
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
 def _cells(result: TrialResult, keys: list[str], rows: dict[str, str]) -> tuple[list[str], list[str]]:
     times: list[str] = []
     ratios: list[str] = []
@@ -213,15 +227,15 @@ def memory_table(results: Results) -> str:
 
 @dataclass(frozen=True)
 class Target:
-    """One speed or memory target of the compiled path (issue 4)."""
+    """One speed or memory target; ``measure`` reads the results of its section (trials: ``Results``)."""
 
     text: str
     limit: float
     at_most: bool  # True: value <= limit; False: value >= limit
     unit: str
-    measure: Callable[[Results], tuple[float | None, str]]
+    measure: Callable[[Any], tuple[float | None, str]]
 
-    def judge(self, results: Results) -> tuple[str, float | None, str]:
+    def judge(self, results: Any) -> tuple[str, float | None, str]:
         value, detail = self.measure(results)
         if value is None:
             return "not measured", None, detail
@@ -309,10 +323,15 @@ TARGETS: tuple[Target, ...] = (
 
 
 def verdicts(results: Results) -> tuple[list[str], list[dict[str, Any]]]:
-    """One line per target, and the same as records for the JSON file."""
+    """One line per target of the compiled path, and the same as records for the JSON file."""
+    return judge(TARGETS, results)
+
+
+def judge(targets: tuple[Target, ...], results: Any) -> tuple[list[str], list[dict[str, Any]]]:
+    """One verdict line per target, and the same as records for the JSON file."""
     lines: list[str] = []
     records: list[dict[str, Any]] = []
-    for target in TARGETS:
+    for target in targets:
         verdict, value, detail = target.judge(results)
         shown = (
             "—"
@@ -335,8 +354,23 @@ def verdicts(results: Results) -> tuple[list[str], list[dict[str, Any]]]:
     return lines, records
 
 
-def to_json(results: Results, machine: dict[str, str], records: list[dict[str, Any]], seconds: float) -> str:
-    """All figures: every sample, medians, spreads, ratios, memory, verdicts."""
+def to_json(
+    results: Results | None,
+    machine: dict[str, str],
+    records: list[dict[str, Any]],
+    seconds: float,
+    concurrency: dict[str, Any] | None = None,
+) -> str:
+    """All figures: every sample, medians, spreads, ratios, memory, verdicts; each section run."""
+    document: dict[str, Any] = {"machine": machine, "duration_seconds": round(seconds, 1)}
+    if results is not None:
+        document.update(_trials_document(results, records))
+    if concurrency is not None:
+        document["concurrency"] = concurrency
+    return json.dumps(document, indent=2)
+
+
+def _trials_document(results: Results, records: list[dict[str, Any]]) -> dict[str, Any]:
     trials = []
     rows = {c.key: c.rows for c in results.contenders}
     for result in results.trials.values():
@@ -363,10 +397,8 @@ def to_json(results: Results, machine: dict[str, str], records: list[dict[str, A
                 "skipped": result.skipped,
             }
         )
-    document = {
-        "machine": machine,
+    return {
         "settings": vars(results.settings),
-        "duration_seconds": round(seconds, 1),
         "contenders": [
             {
                 "key": c.key,
@@ -382,7 +414,6 @@ def to_json(results: Results, machine: dict[str, str], records: list[dict[str, A
         "memory_bytes": results.memory,
         "targets": records,
     }
-    return json.dumps(document, indent=2)
 
 
 def matplotlib_available() -> bool:

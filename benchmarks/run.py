@@ -4,13 +4,16 @@
     python benchmarks/run.py            # full run (about two minutes), table + verdicts
     python benchmarks/run.py --quick    # CI smoke run, well under a minute
     python benchmarks/run.py --json out.json --plot out.png
+    python benchmarks/run.py --section concurrency --quick   # threads and asyncio only (issue 9)
 
 Trials follow better-sqlite3's published benchmark (a 10,000-row table of null,
 integer, real, text and blob columns; WAL; the same pragmas for everyone) plus
 appdb's own. Each contender works on its own fresh copy of one database file in
 a temporary folder, removed at the end. Contenders are interleaved inside every
 repeat; the table shows medians, their spread and the speed-up against stdlib
-sqlite3 returning the same row type. Timing never fails the run: only errors do.
+sqlite3 returning the same row type. A second section (``bench_concurrency``) measures
+threads sharing one database and asyncio against aiosqlite. Timing never fails the
+run: only errors do.
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from bench_concurrency import ConcurrencyResults
     from bench_contenders import Contender
     from bench_measure import Settings
+    from bench_report import Results
 
 HERE = Path(__file__).resolve().parent
+SECTIONS = ("all", "trials", "concurrency")
 
 
 def _ensure_appdb_importable() -> str | None:
@@ -70,7 +76,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="wall time (default) or this thread's CPU time (steadier on a busy machine)",
     )
     parser.add_argument("--repeats", type=int, metavar="N", help="repeats per trial (default 21, quick 5)")
+    parser.add_argument(
+        "--section",
+        choices=SECTIONS,
+        help="what to run: all (default), trials (single-connection trials and memory) or concurrency "
+        "(threads and asyncio, issue 9); --trials alone implies trials",
+    )
     args = parser.parse_args(argv)
+    if args.section is None:
+        args.section = "trials" if args.trials else "all"
     if args.trials:
         known = {t.key for t in TRIALS}
         wanted = [k.strip() for k in args.trials.split(",") if k.strip()]
@@ -128,15 +142,23 @@ def _make_contenders() -> tuple[list[Contender], dict[str, str]]:
     return contenders, unavailable
 
 
+def _machine_header(machine: dict[str, str], quick: bool, clock: str | None) -> list[str]:
+    """What ran where; ``clock`` None: the concurrency section alone (always wall time)."""
+    note = " (--quick: small tables, few repeats, short windows; figures indicative only)" if quick else ""
+    clock_text = _CLOCKS[clock] if clock else "wall time, windows shared by threads and tasks"
+    return [
+        "appdb benchmarks" + note,
+        f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['os']}",
+        f"python: {machine['python']}; appdb {machine['appdb']}",
+        f"clock: {clock_text}; load average before the run: {_load()}",
+    ]
+
+
 def _header(
     machine: dict[str, str], contenders: list[Contender], unavailable: dict[str, str], settings: Settings
 ) -> str:
-    quick = " (--quick: small tables, few repeats; the figures are indicative only)" if settings.quick else ""
     lines = [
-        "appdb benchmarks" + quick,
-        f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['os']}",
-        f"python: {machine['python']}; appdb {machine['appdb']}",
-        f"clock: {_CLOCKS[settings.clock]}; load average before the run: {_load()}",
+        *_machine_header(machine, settings.quick, settings.clock),
         "contenders (each on its own copy of the same database file, same pragmas as appdb's defaults):",
     ]
     for contender in contenders:
@@ -173,60 +195,112 @@ stdlib sqlite3 runs its own, older SQLite ({stdlib}) against APSW's {apsw}: some
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bench_measure import TRIALS, TrialResult, log, run_trial
-    from bench_memory import measure_all
-    from bench_report import (
-        Results,
-        machine_info,
-        markdown_table,
-        matplotlib_available,
-        memory_table,
-        plot,
-        results_table,
-        syscall_costs,
-        to_json,
-        verdicts,
-    )
-    from bench_workload import build_template, fresh_copy
+    from bench_measure import log
+    from bench_report import machine_info, markdown_table, matplotlib_available, plot, to_json
 
     started = time.perf_counter()
-    settings = _settings(args)
     if args.plot and not matplotlib_available():
         log("--plot: matplotlib is not installed, so no chart will be drawn (pip install '.[bench]')")
     machine = machine_info()
+    results: Results | None = None
+    records: list[dict[str, Any]] = []
+    concurrency: ConcurrencyResults | None = None
+    concurrency_records: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="appdb-bench-") as folder:
+        if args.section in ("all", "trials"):
+            results, records = _run_trials(args, machine, folder)
+        else:
+            print("\n".join(_machine_header(machine, args.quick, None)), flush=True)
+        if args.section in ("all", "concurrency"):
+            concurrency, concurrency_records = _run_concurrency(args, machine, folder)
+    seconds = time.perf_counter() - started
+    print(f"\nTotal time: {seconds:.1f} s", flush=True)
+    if args.json:
+        document = concurrency.to_dict(concurrency_records) if concurrency else None
+        Path(args.json).write_text(to_json(results, machine, records, seconds, document) + "\n")
+        log(f"wrote {args.json}")
+    if args.markdown:
+        from bench_concurrency import concurrency_markdown
+
+        tables = [markdown_table(results)] if results else []
+        tables += [concurrency_markdown(concurrency)] if concurrency else []
+        Path(args.markdown).write_text("\n\n".join(tables) + "\n")
+        log(f"wrote {args.markdown}")
+    if args.plot and matplotlib_available():
+        if results is None:
+            log("--plot draws the trials' speed-ups, and no trials ran: no chart")
+        else:
+            plot(results, args.plot)
+            log(f"wrote {args.plot}")
+    return 0
+
+
+def _run_concurrency(
+    args: argparse.Namespace, machine: dict[str, str], folder: str
+) -> tuple[ConcurrencyResults, list[dict[str, Any]]]:
+    """The concurrency section (issue 9): run it, print its table and verdicts."""
+    from bench_concurrency import NOTES, concurrency_table, concurrency_verdicts, run_concurrency
+    from bench_measure import log
+
+    log("concurrency section: threads sharing one database, a CPU-heavy read, asyncio (issue 9)")
+    results = run_concurrency(args.quick, folder, log)
+    lines, records = concurrency_verdicts(results)
+    report = [
+        "",
+        concurrency_table(results),
+        "",
+        "Targets of concurrent use (issue 9):",
+        *lines,
+        "",
+        NOTES.format(cores=machine["cores"], switch=sys.getswitchinterval() * 1000),
+        f"Concurrency section: {results.seconds:.1f} s",
+    ]
+    print("\n".join(report), flush=True)
+    return results, records
+
+
+def _run_trials(
+    args: argparse.Namespace, machine: dict[str, str], folder: str
+) -> tuple[Results, list[dict[str, Any]]]:
+    """The single-connection trials and the memory probe: run them, print their table and verdicts."""
+    from bench_measure import TRIALS, TrialResult, log, run_trial
+    from bench_memory import measure_all
+    from bench_report import Results, memory_table, results_table, syscall_costs, verdicts
+    from bench_workload import build_template, fresh_copy
+
+    settings = _settings(args)
     contenders, unavailable = _make_contenders()
     print(_header(machine, contenders, unavailable, settings), flush=True)
     trials = [t for t in TRIALS if not args.trials or t.key in args.trials]
     opened: list[Contender] = []
-    with tempfile.TemporaryDirectory(prefix="appdb-bench-") as folder:
-        costs = syscall_costs(folder)
-        if costs:
-            machine["syscalls"] = (
-                f"fcntl lock+unlock {costs['fcntl_lock_unlock_us']:.2f} µs (SQLite's WAL read lock: one pair "
-                f"per autocommit read transaction, for every contender); fstat {costs['fstat_us']:.2f} µs"
-            )
-            print(f"system calls: {machine['syscalls']}", flush=True)
-        template = os.path.join(folder, "template.db")
-        log(f"building the template database ({settings.scan_rows:,}-row scan table) in {folder}")
-        build_template(template, settings.scan_rows if any(t.key == "scan" for t in trials) else 0)
-        paths: dict[str, str] = {}
-        try:
-            for contender in contenders:
-                paths[contender.key] = fresh_copy(template, os.path.join(folder, f"{contender.key}.db"))
-                contender.open(paths[contender.key])
-                opened.append(contender)
-            measured: dict[str, TrialResult] = {}
-            for number, trial in enumerate(trials, 1):
-                begun = time.perf_counter()
-                result = run_trial(trial, opened, settings)
-                measured[trial.key] = result
-                log(f"[{number}/{len(trials)}] {result.title}: {time.perf_counter() - begun:.1f} s")
-            memory: dict[str, dict[str, object]] = {}
-            if any(t.key == "scan" for t in trials):
-                memory = measure_all(paths, _import_paths(), log)
-        finally:
-            for contender in opened:
-                contender.close()
+    costs = syscall_costs(folder)
+    if costs:
+        machine["syscalls"] = (
+            f"fcntl lock+unlock {costs['fcntl_lock_unlock_us']:.2f} µs (SQLite's WAL read lock: one pair "
+            f"per autocommit read transaction, for every contender); fstat {costs['fstat_us']:.2f} µs"
+        )
+        print(f"system calls: {machine['syscalls']}", flush=True)
+    template = os.path.join(folder, "template.db")
+    log(f"building the template database ({settings.scan_rows:,}-row scan table) in {folder}")
+    build_template(template, settings.scan_rows if any(t.key == "scan" for t in trials) else 0)
+    paths: dict[str, str] = {}
+    try:
+        for contender in contenders:
+            paths[contender.key] = fresh_copy(template, os.path.join(folder, f"{contender.key}.db"))
+            contender.open(paths[contender.key])
+            opened.append(contender)
+        measured: dict[str, TrialResult] = {}
+        for number, trial in enumerate(trials, 1):
+            begun = time.perf_counter()
+            result = run_trial(trial, opened, settings)
+            measured[trial.key] = result
+            log(f"[{number}/{len(trials)}] {result.title}: {time.perf_counter() - begun:.1f} s")
+        memory: dict[str, dict[str, object]] = {}
+        if any(t.key == "scan" for t in trials):
+            memory = measure_all(paths, _import_paths(), log)
+    finally:
+        for contender in opened:
+            contender.close()
     results = Results(settings, opened, unavailable, measured, memory)
     lines, records = verdicts(results)
     memory_lines = memory_table(results)
@@ -240,19 +314,8 @@ def _run(args: argparse.Namespace) -> int:
         "",
         _NOTES.format(repeats=settings.repeats, stdlib=machine["stdlib_sqlite"], apsw=machine["apsw_sqlite"]),
     ]
-    seconds = time.perf_counter() - started
-    report.append(f"\nTotal time: {seconds:.1f} s")
     print("\n".join(report), flush=True)
-    if args.json:
-        Path(args.json).write_text(to_json(results, machine, records, seconds) + "\n")
-        log(f"wrote {args.json}")
-    if args.markdown:
-        Path(args.markdown).write_text(markdown_table(results) + "\n")
-        log(f"wrote {args.markdown}")
-    if args.plot and matplotlib_available():
-        plot(results, args.plot)
-        log(f"wrote {args.plot}")
-    return 0
+    return results, records
 
 
 def _import_paths() -> list[str]:
