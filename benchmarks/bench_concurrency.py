@@ -73,6 +73,7 @@ POOL_SIZE = 4  # aiosqlitepool connections: as many as reader threads in part 1
 SLOW_SECONDS = 0.3
 PROBE_SLEEP = 0.005
 STALL_LIMIT_MS = 50.0
+WARM_UP_SECONDS = 0.05  # an untimed window per contender before each scenario's rounds
 
 
 def build_concurrency_template(path: str) -> None:
@@ -166,6 +167,20 @@ class AppdbThreads(ThreadContender):
         options = {} if self.readers is None else {"readers": self.readers}
         self.db = appdb.init_database(path, **options)
         self.twin = type(self.db.prepare("SELECT 1")).__module__
+        self.pool = ""
+
+    def check_idle(self) -> None:
+        """After the windows: no reader busy, no read snapshot left open (as the trials check);
+        also notes the pool's size and how many readers the threads opened, for the header."""
+        status = getattr(self.db, "pool_status", None)
+        if status is None:  # a core without the reader pool
+            return
+        pool = status()
+        self.pool = f"; pool: {pool.readers} readers, {pool.open} opened"
+        if pool.busy or pool.snapshots:
+            raise RuntimeError(
+                f"{self.label} left readers busy or read snapshots open after its windows: {pool}"
+            )
 
     @staticmethod
     def has_readers_option() -> bool:
@@ -182,7 +197,10 @@ class AppdbThreads(ThreadContender):
         import appdb
 
         options = "default options" if self.readers is None else f"readers={self.readers}"
-        return f"appdb {appdb.__version__} ({self.twin}): ONE shared init_database(path, {options}), dicts"
+        return (
+            f"appdb {appdb.__version__} ({self.twin}): ONE shared init_database(path, {options}), "
+            f"dicts{self.pool}"
+        )
 
     def point_reader(self) -> tuple[Op, Close]:
         get = self.db.prepare(SQL_POINT).get
@@ -755,16 +773,14 @@ def _run_threads(
         began = time.perf_counter()
         present = [c for c in opened if work == "point" or c.key in _HEAVY_KEYS]
         per = results.cells.setdefault(scenario, {})
+        # An untimed window first: appdb opens pool readers lazily, when threads first read
+        # at the same time, and that (like every connection's cold page cache) is set-up.
+        for contender in present:
+            _thread_window(contender, threads, writer, work, WARM_UP_SECONDS, "warm-up")
         for round_ in range(settings.rounds):
             for contender in _rotated(present, round_ + number):
-                window = _thread_window(
-                    contender,
-                    threads,
-                    writer,
-                    work,
-                    settings.round_seconds,
-                    f"{settings.seed}-{scenario}-{round_}",
-                )
+                seed = f"{settings.seed}-{scenario}-{round_}"
+                window = _thread_window(contender, threads, writer, work, settings.round_seconds, seed)
                 per.setdefault(contender.key, Cell()).add(window)
         log(f"[concurrency] {title}: {time.perf_counter() - began:.1f} s")
 
@@ -829,7 +845,7 @@ async def _run_async(
             get, slow = await contender.open(path)
             opened.append((contender, get, slow))
             results.describe[contender.key] = contender.describe()
-            await _async_window(get, 0.05, "warm-up")
+            await _async_window(get, WARM_UP_SECONDS, "warm-up")
         per = results.cells.setdefault("async-64", {})
         for round_ in range(settings.rounds):
             for contender, get, _slow in _rotated(opened, round_):
@@ -859,6 +875,10 @@ def run_concurrency(quick: bool, folder: str, log: Callable[[str], None]) -> Con
     opened = _open_thread_contenders(results, template, folder)
     try:
         _run_threads(results, opened, log)
+        for contender in opened:
+            if isinstance(contender, AppdbThreads):
+                contender.check_idle()
+                results.describe[contender.key] = contender.describe()
     finally:
         for contender in opened:
             contender.close()
