@@ -699,9 +699,10 @@ class ConcurrencyResults:
     describe: dict[str, str] = field(default_factory=dict)
     stalls: dict[str, Stall] = field(default_factory=dict)
     idle_stall_ms: float | None = None
+    parallel_capacity: float | None = None
     seconds: float = 0.0
-    load_before: str = ""
-    load_after: str = ""
+    others_cores: float | None = None  # CPU used by other processes during the section, in cores
+    steal_cores: float | None = None  # CPU time the hypervisor gave other machines, in cores
 
     def cell(self, scenario: str, key: str) -> Cell | None:
         cell = self.cells.get(scenario, {}).get(key)
@@ -739,7 +740,9 @@ class ConcurrencyResults:
                 for key, s in self.stalls.items()
             },
             "idle_loop_stall_ms": self.idle_stall_ms,
-            "load_average_1min": {"before": self.load_before, "after": self.load_after},
+            "two_process_capacity": self.parallel_capacity,
+            "other_processes_cores": self.others_cores,
+            "steal_cores": self.steal_cores,
             "duration_seconds": round(self.seconds, 1),
             "targets": records,
         }
@@ -869,9 +872,11 @@ async def _run_async(
 def run_concurrency(quick: bool, folder: str, log: Callable[[str], None]) -> ConcurrencyResults:
     """Build the template in ``folder``, run every part, return the figures."""
     began = time.perf_counter()
-    results = ConcurrencyResults(ConcurrencySettings.make(quick), load_before=_load())
+    results = ConcurrencyResults(ConcurrencySettings.make(quick))
+    before = _cpu_snapshot()
     template = os.path.join(folder, "concurrency-template.db")
     build_concurrency_template(template)
+    results.parallel_capacity = parallel_capacity(0.1 if quick else 0.25)
     opened = _open_thread_contenders(results, template, folder)
     try:
         _run_threads(results, opened, log)
@@ -888,16 +893,84 @@ def run_concurrency(quick: bool, folder: str, log: Callable[[str], None]) -> Con
     asyncio.run(_run_async(results, _async_contenders(results), template, folder))
     log(f"[concurrency] asyncio, {TASKS} tasks, loop-stall probe: {time.perf_counter() - started:.1f} s")
     results.seconds = time.perf_counter() - began
-    results.load_after = _load()
+    after = _cpu_snapshot()
+    if before is not None and after is not None:
+        wall = results.seconds
+        results.others_cores = max(0.0, (after[0] - before[0]) - (after[2] - before[2])) / wall
+        results.steal_cores = (after[1] - before[1]) / wall
     return results
 
 
-def _load() -> str:
-    """The 1-minute load average: other processes' threads compete for the same cores."""
+# A child process: wait for the shared start time, run ? rows of pure SQLite work, print seconds.
+_CAPACITY_CHILD = """
+import sqlite3, sys, time
+rows, start = int(sys.argv[1]), float(sys.argv[2])
+conn = sqlite3.connect(":memory:")
+sql = "WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i < ?) SELECT sum(i % 7) FROM k"
+conn.execute(sql, (1000,)).fetchone()
+while time.time() < start:
+    time.sleep(0.001)
+began = time.perf_counter()
+conn.execute(sql, (rows,)).fetchone()
+print(time.perf_counter() - began)
+"""
+
+
+def parallel_capacity(seconds: float) -> float | None:
+    """How much more work 2 processes finish than 1 in the same time (2.0: two real cores).
+
+    Processes share neither the GIL nor SQLite's mutexes, so this is the machine's own
+    ceiling for any 2-thread speed-up: virtual machines can show 2 cores yet run about
+    one at a time. None when the children cannot run.
+    """
+    import subprocess
+    import sys
+
+    def run(processes: int, rows: int) -> float:
+        start = time.time() + 0.3  # every child has started Python by then
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CAPACITY_CHILD, str(rows), repr(start)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(processes)
+        ]
+        times = [float(child.communicate()[0]) for child in children]
+        if any(child.returncode for child in children):
+            raise OSError("capacity probe failed")
+        return max(times)
+
     try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "unknown"
+        rows = 200_000
+        rows = max(10_000, round(rows * seconds / run(1, rows)))
+        one = min(run(1, rows), run(1, rows))
+        two = run(2, rows)
+    except (OSError, ValueError):
+        return None
+    return 2 * one / two
+
+
+def _cpu_snapshot() -> tuple[float, float, float] | None:
+    """(CPU seconds all processes used, seconds stolen by the hypervisor, seconds this process used).
+
+    The difference of two snapshots says how much CPU other processes took while the
+    section ran: the load average cannot, as it counts this run's own threads.
+    Linux only (``/proc/stat``); None elsewhere.
+    """
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        tick = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    own = os.times()
+    return (
+        (user + nice + system + irq + softirq) / tick,
+        steal / tick,
+        own.user + own.system + own.children_user + own.children_system,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -925,6 +998,15 @@ def _ratio_target(
         return value, detail
 
     return measure
+
+
+def _heavy_target(results: ConcurrencyResults) -> tuple[float | None, str]:
+    value, detail = _ratio_target(
+        "heavy-2", "appdb", "heavy-1", "appdb", ("heavy-2", "apsw", "heavy-1", "apsw")
+    )(results)
+    if results.parallel_capacity is not None:
+        detail += f"; 2 processes on this machine: {results.parallel_capacity:.2f}x"
+    return value, detail
 
 
 def _stall_target(results: ConcurrencyResults) -> tuple[float | None, str]:
@@ -974,7 +1056,7 @@ TARGETS: tuple[Target, ...] = (
         1.6,
         False,
         "x",
-        _ratio_target("heavy-2", "appdb", "heavy-1", "appdb", ("heavy-2", "apsw", "heavy-1", "apsw")),
+        _heavy_target,
     ),
     Target(
         f"appdb.aio point reads, {TASKS} tasks vs aiosqlite: at least",
@@ -1042,13 +1124,32 @@ def _rows(results: ConcurrencyResults, keys: tuple[str, ...]) -> list[tuple[str,
     return rows
 
 
+def _others(results: ConcurrencyResults) -> str:
+    if results.others_cores is None:
+        return "CPU use of other processes unknown (no /proc/stat)"
+    return (
+        f"other processes used {results.others_cores:.2f} cores during the section, "
+        f"the hypervisor stole {results.steal_cores:.2f}"
+    )
+
+
+def _capacity(results: ConcurrencyResults) -> str:
+    if results.parallel_capacity is None:
+        return "parallel capacity not measured"
+    return (
+        f"2 processes do {results.parallel_capacity:.2f}x the work of 1 here "
+        "(the ceiling of any 2-thread speed-up)"
+    )
+
+
 def concurrency_table(results: ConcurrencyResults) -> str:
     settings = results.settings
     lines = [
         f"Concurrency (issue 9): operations per second, summed over threads/tasks; {settings.rounds} rounds "
         f"of {settings.round_seconds:.2f} s",
         "per cell, contenders rotated; ±: half the interquartile range of the rounds, as % of the median;",
-        f"load average before the section {results.load_before}, after it {results.load_after}. Contenders:",
+        _others(results) + ";",
+        _capacity(results) + ". Contenders:",
     ]
     for key in (*THREAD_KEYS, *ASYNC_KEYS):
         text = results.describe.get(key) or results.unavailable.get(key, "not measured")
