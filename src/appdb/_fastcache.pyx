@@ -282,7 +282,8 @@ cdef class DatabaseCore:
     cdef public Slot writer
     cdef public object opener
     cdef readonly Py_ssize_t max_readers
-    cdef public list free
+    cdef list _idle  # a stack of idle readers: _idle[:_nidle]; never shrinks (no realloc per call)
+    cdef Py_ssize_t _nidle
     cdef public list slots
     cdef public object cond
     cdef public Py_ssize_t waiters
@@ -292,6 +293,8 @@ cdef class DatabaseCore:
     cdef public bint raw_transaction
     cdef readonly object query_timeout
     cdef readonly Py_ssize_t limits_active
+    cdef object _changes
+    cdef object _last_insert_rowid
     cdef Py_ssize_t _capacity
     cdef dict _cache
     cdef object _cache_lock
@@ -317,10 +320,11 @@ cdef class DatabaseCore:
         self.row_type = check_row_type(row_type)
         self.begin_sql = begin_sql
         self.closed = False
-        self.writer = Slot(connection, 0)
+        self.set_writer(connection)
         self.opener = opener
         self.max_readers = readers
-        self.free = [] if readers else None
+        self._idle = [None] * readers
+        self._nidle = 0
         self.slots = []
         self.cond = threading.Condition()
         self.waiters = 0
@@ -350,6 +354,12 @@ cdef class DatabaseCore:
     def new_slot(self, connection, Py_ssize_t index):
         return Slot(connection, index)
 
+    def set_writer(self, connection):
+        """Make ``connection`` the writer (at open, and in a child process after fork)."""
+        self.writer = Slot(connection, 0)
+        self._changes = connection.changes  # bound once: run() calls them every time
+        self._last_insert_rowid = connection.last_insert_rowid
+
     def check_fork(self):
         """In a child process after ``fork()``: stop using the parent's connections."""
         if self.forks != _forks:
@@ -373,7 +383,7 @@ cdef class DatabaseCore:
         """A reader for the calling thread (``checkin`` gives it back)."""
         if self.forks != _forks:
             self.check_fork()
-        if self.free is None:
+        if self.max_readers == 0:
             raise ValueError("this database has no reader pool")
         return self._checkout()
 
@@ -381,8 +391,9 @@ cdef class DatabaseCore:
         cdef Slot slot
         if self.closed:
             raise _closed_error(self.path)
-        if self.free:
-            slot = <Slot>self.free.pop()
+        if self._nidle:
+            self._nidle -= 1
+            slot = <Slot>PyList_GET_ITEM(self._idle, self._nidle)
             slot.owner = PyThread_get_thread_ident()
             return slot
         return <Slot>_checkout_slow(self)
@@ -392,17 +403,42 @@ cdef class DatabaseCore:
 
     cdef inline int _checkin(self, Slot slot) except -1:
         slot.owner = 0
-        if self.closed or self.free is None:
+        if self.closed or self.max_readers == 0:
             _discard(self, slot)
             return 0
-        self.free.append(slot)
+        if self._nidle < PyList_GET_SIZE(self._idle):
+            self._idle[self._nidle] = slot
+        else:  # a reader opened beyond the pool size (nested use)
+            self._idle.append(slot)
+        self._nidle += 1
         if self.waiters:
             _wake(self)
         return 0
 
+    def idle_pop(self):
+        """An idle reader taken out of the pool, or None (for the slow paths)."""
+        if self._nidle == 0:
+            return None
+        self._nidle -= 1
+        return self._idle[self._nidle]
+
+    def idle_take_all(self):
+        """Every idle reader, taken out of the pool."""
+        taken = self._idle[:self._nidle]
+        self._nidle = 0
+        return taken
+
+    def idle_push(self, Slot slot):
+        """Put an idle reader (back) into the pool, without waking anyone."""
+        if self._nidle < len(self._idle):
+            self._idle[self._nidle] = slot
+        else:
+            self._idle.append(slot)
+        self._nidle += 1
+
     def routes_to_reader(self):
         """True when a parallel statement called now by this thread would run on a reader."""
-        return self.free is not None and not self.raw_transaction and not self.lock._owned()
+        return self.max_readers != 0 and not self.raw_transaction and not self.lock._owned()
 
     # -- limits ----------------------------------------------------------------
     def limits_enter(self):
@@ -606,7 +642,7 @@ cdef class Statement:
     @property
     def parallel(self):
         """True when calls outside a transaction run on a reader, beside other threads."""
-        return self._parallel and self._core.free is not None
+        return self._parallel and self._core.max_readers != 0
 
     @property
     def changes_schema(self):
@@ -677,6 +713,7 @@ cdef class Statement:
         return 0
 
     cdef inline object _cursor_on(self, Slot slot):
+        """This statement's cursor on ``slot``'s connection (its ``execute`` is cached beside it)."""
         cdef Py_ssize_t index = slot.index
         cdef Py_ssize_t size = PyList_GET_SIZE(self._cursors)
         if index >= size:  # a reader opened beyond the pool size (nested use)
@@ -724,19 +761,20 @@ cdef class Statement:
             PyDict_SetItem(d, <object>PyTuple_GET_ITEM(columns, i), <object>PyTuple_GET_ITEM(values, i))
         return d
 
-    cdef object _execute(self, int kind, object cursor, Py_ssize_t index, object connection, object bindings):
-        """Run once on ``cursor`` and shape the result as ``kind`` asks."""
+    cdef inline object _execute(
+        self, int kind, object cursor, object execute, Py_ssize_t index, object connection, object bindings
+    ):
+        """Run once on ``cursor`` (``execute`` is its bound method) and shape the result as ``kind`` asks."""
         cdef list rows
         cdef Py_ssize_t i, n
-        execute = <object>PyList_GET_ITEM(self._executes, index) if index < PyList_GET_SIZE(self._executes) else None
-        if execute is None or <object>PyList_GET_ITEM(self._cursors, index) is not cursor:
-            execute = cursor.execute
+        cdef DatabaseCore core
         if kind == _RUN:
             execute(self._sql, bindings)
             if self._returns_rows:
                 for _ in cursor:
                     pass
-            result = appdb_new_pair(_RunResult, connection.changes(), connection.last_insert_rowid())
+            core = self._core
+            result = appdb_new_pair(_RunResult, core._changes(), core._last_insert_rowid())
         elif kind == _ALL:
             rows = execute(self._sql, bindings).fetchall()
             n = PyList_GET_SIZE(rows)
@@ -771,7 +809,7 @@ cdef class Statement:
             core.check_fork()
         if (
             self._parallel
-            and core.free is not None
+            and core.max_readers != 0
             and not core.raw_transaction
             and core.lock._owner != PyThread_get_thread_ident()
         ):
@@ -794,7 +832,10 @@ cdef class Statement:
             if token is not None:
                 token.arm(connection)
             try:
-                return self._execute(kind, cursor, slot.index, connection, bindings)
+                return self._execute(
+                    kind, cursor, <object>PyList_GET_ITEM(self._executes, slot.index), slot.index, connection,
+                    bindings,
+                )
             except BaseException as exc:
                 error = self._failed(exc, cursor, slot.index, bindings, token)
                 if error is None:
@@ -831,14 +872,17 @@ cdef class Statement:
             cursor = <object>PyList_GET_ITEM(self._cursors, 0)
             if cursor is None or busy:
                 cursor = connection.cursor()  # re-entered: a fresh cursor of its own
+                execute = cursor.execute
                 if not busy:
                     self._cursors[0] = cursor
-                    self._executes[0] = cursor.execute
+                    self._executes[0] = execute
+            else:
+                execute = <object>PyList_GET_ITEM(self._executes, 0)
             self._busy = True
             if token is not None:
                 token.arm(connection)
             try:
-                result = self._execute(kind, cursor, 0, connection, bindings)
+                result = self._execute(kind, cursor, execute, 0, connection, bindings)
             except BaseException as exc:
                 error = self._failed(exc, cursor, 0, bindings, token)
                 if error is None:

@@ -200,7 +200,7 @@ class DatabaseCore:
         "cond",
         "epoch",
         "forks",
-        "free",
+        "_idle",
         "limits_active",
         "lock",
         "max_readers",
@@ -238,10 +238,10 @@ class DatabaseCore:
         self.row_type = check_row_type(row_type)
         self.begin_sql = begin_sql
         self.closed = False
-        self.writer = Slot(connection, 0)
+        self.set_writer(connection)
         self.opener = opener
         self.max_readers = readers
-        self.free: list[Slot] | None = [] if readers else None
+        self._idle: list[Slot] = []  # the compiled twin keeps a stack that never shrinks
         self.slots: list[Slot] = []
         self.cond = threading.Condition()
         self.waiters = 0
@@ -271,6 +271,10 @@ class DatabaseCore:
     def new_slot(self, connection: apsw.Connection, index: int) -> Slot:
         return Slot(connection, index)
 
+    def set_writer(self, connection: apsw.Connection) -> None:
+        """Make ``connection`` the writer (at open, and in a child process after fork)."""
+        self.writer = Slot(connection, 0)
+
     def check_fork(self) -> None:
         """In a child process after ``fork()``: stop using the parent's connections."""
         if self.forks != _forks:
@@ -296,11 +300,10 @@ class DatabaseCore:
             self.check_fork()
         if self.closed:
             raise _closed_error(self.path)
-        free = self.free
-        if free is None:
+        if self.max_readers == 0:
             raise ValueError("this database has no reader pool")
         try:
-            slot = free.pop()
+            slot = self._idle.pop()
         except IndexError:
             return _pool.checkout_slow(self)  # type: ignore[no-any-return]
         slot.owner = get_ident()
@@ -308,19 +311,36 @@ class DatabaseCore:
 
     def checkin(self, slot: Slot) -> None:
         slot.owner = 0
-        free = self.free
-        if self.closed or free is None:
+        if self.closed or self.max_readers == 0:
             _pool.discard(self, slot)
             return
-        free.append(slot)
+        self._idle.append(slot)
         if self.waiters:
             _pool.wake(self)
         if self.closed:  # close() ran meanwhile and may have missed this one
             _pool.close_readers(self)
 
+    def idle_pop(self) -> Slot | None:
+        """An idle reader taken out of the pool, or None (for the slow paths)."""
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return None
+
+    def idle_take_all(self) -> list[Slot]:
+        """Every idle reader, taken out of the pool."""
+        taken = []
+        while (slot := self.idle_pop()) is not None:
+            taken.append(slot)
+        return taken
+
+    def idle_push(self, slot: Slot) -> None:
+        """Put an idle reader (back) into the pool, without waking anyone."""
+        self._idle.append(slot)
+
     def routes_to_reader(self) -> bool:
         """True when a parallel statement called now by this thread would run on a reader."""
-        return self.free is not None and not self.raw_transaction and not self.lock.owned()
+        return self.max_readers != 0 and not self.raw_transaction and not self.lock.owned()
 
     # -- limits ----------------------------------------------------------------
     def limits_enter(self) -> None:
@@ -508,7 +528,7 @@ class Statement:
     @property
     def parallel(self) -> bool:
         """True when calls outside a transaction run on a reader, beside other threads."""
-        return self._parallel and self._core.free is not None
+        return self._parallel and self._core.max_readers != 0
 
     @property
     def row_type(self) -> str:
@@ -650,7 +670,7 @@ class Statement:
             core.check_fork()
         if (
             self._parallel
-            and core.free is not None
+            and core.max_readers != 0
             and not core.raw_transaction
             and core.lock._owner != get_ident()
         ):

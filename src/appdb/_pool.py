@@ -1,7 +1,7 @@
 """The reader pool's slow paths, shared by both twins of the hot path.
 
-The twins take a reader with ``core.free.pop()`` and give it back with
-``core.free.append(slot)``: both are atomic under the GIL and make no system call.
+The twins take an idle reader off a stack and put it back (``checkout`` and
+``checkin``): both are atomic under the GIL and make no system call.
 Everything else (opening a reader, waiting when every reader is busy, closing,
 re-opening after ``fork()``) is here, written once.
 
@@ -61,9 +61,8 @@ def checkout_slow(core: Any) -> Any:
         while True:
             if core.closed:
                 raise _closed(core)
-            free = core.free
-            if free:
-                slot = free.pop()
+            slot = core.idle_pop()
+            if slot is not None:
                 slot.owner = me
                 return slot
             if len(core.slots) + core.opening < core.max_readers or _holds_a_reader(core, me):
@@ -100,9 +99,7 @@ def discard(core: Any, slot: Any) -> None:
 def close_readers(core: Any) -> None:
     """Close every idle reader; busy ones close as their calls return (``discard``)."""
     with core.cond:
-        free = core.free or []
-        idle = list(free)
-        free.clear()
+        idle = core.idle_take_all()
         core.cond.notify_all()
     for slot in idle:
         discard(core, slot)
@@ -126,8 +123,7 @@ def after_fork(core: Any, lock: Any) -> None:
         for slot in core.slots:
             leak(slot.connection)
         core.slots = []
-        if core.free is not None:
-            core.free = []
+        core.idle_take_all()
         if not core.closed:
-            core.writer = core.new_slot(core.opener(False), 0)
+            core.set_writer(core.opener(False))
         core.epoch += 1  # statements hand their inherited cursors to leak() too

@@ -172,15 +172,15 @@ class AppDatabase:
         core = self._core
         with self.writer() as connection:
             snapshots = 1 if connection.txn_state() else 0
-            if core.free is None:
+            if core.max_readers == 0:
                 return PoolStatus(0, 0, 0, snapshots)
             with core.cond:  # idle readers stay out of the pool while they are looked at
-                idle = list(core.free)
-                core.free.clear()
+                idle = core.idle_take_all()
                 try:
                     snapshots += sum(1 for slot in idle if slot.connection.txn_state())
                 finally:
-                    core.free.extend(idle)
+                    for slot in idle:
+                        core.idle_push(slot)
                     core.cond.notify_all()
                 opened = len(core.slots)
         return PoolStatus(int(core.max_readers), opened, opened - len(idle), snapshots)
