@@ -82,7 +82,7 @@ cdef object _monotonic = time.monotonic
 cdef object _limits_start = _limits.start
 cdef object _checkout_slow = _pool.checkout_slow
 cdef object _discard = _pool.discard
-cdef object _wake = _pool.wake
+cdef object _hand_over = _pool.hand_over
 cdef object _close_readers = _pool.close_readers
 cdef tuple _ROW_TYPES = ("dict", "tuple")
 
@@ -287,6 +287,7 @@ cdef class DatabaseCore:
     cdef public list slots
     cdef public object cond
     cdef public Py_ssize_t waiters
+    cdef public list handed  # readers handed to waiting threads (fairness: no barging past them)
     cdef public Py_ssize_t opening
     cdef public long long epoch
     cdef public long long forks
@@ -328,6 +329,7 @@ cdef class DatabaseCore:
         self.slots = []
         self.cond = threading.Condition()
         self.waiters = 0
+        self.handed = []
         self.opening = 0
         self.epoch = 0
         self.forks = _forks
@@ -406,13 +408,14 @@ cdef class DatabaseCore:
         if self.closed or self.max_readers == 0:
             _discard(self, slot)
             return 0
+        if self.waiters:  # threads wait for a reader: hand it to one of them
+            _hand_over(self, slot)
+            return 0
         if self._nidle < PyList_GET_SIZE(self._idle):
             self._idle[self._nidle] = slot
         else:  # a reader opened beyond the pool size (nested use)
             self._idle.append(slot)
         self._nidle += 1
-        if self.waiters:
-            _wake(self)
         return 0
 
     def idle_pop(self):
@@ -1056,6 +1059,8 @@ cdef class RowIterator:
         cdef Statement statement = self._statement
         cdef DatabaseCore core = statement._core
         cdef bint writer = self._slot is None
+        if core.forks != _forks:
+            core.check_fork()
         if writer:
             core.lock._acquire()
         try:
@@ -1064,9 +1069,9 @@ cdef class RowIterator:
                 raise _closed_error(core.path)
             connection = cursor.connection
             token = _limits_start(core, False) if core.limits_active else None
-            if token is not None:
-                token.arm(connection)
             try:
+                if token is not None:
+                    token.arm(connection)  # raises QueryTimeout once the deadline has passed
                 row = next(cursor)
             except StopIteration:
                 self._finish()
@@ -1109,6 +1114,8 @@ cdef class RowIterator:
         if self._cursor is None:
             return
         cdef DatabaseCore core = self._statement._core
+        if core.forks != _forks:
+            core.check_fork()
         if self._slot is not None or self._epoch != core.epoch:
             self._finish()
             return

@@ -200,6 +200,7 @@ class DatabaseCore:
         "cond",
         "epoch",
         "forks",
+        "handed",
         "_idle",
         "limits_active",
         "lock",
@@ -245,6 +246,7 @@ class DatabaseCore:
         self.slots: list[Slot] = []
         self.cond = threading.Condition()
         self.waiters = 0
+        self.handed: list[Slot] = []  # readers handed to waiting threads (no barging past them)
         self.opening = 0
         self.epoch = 0
         self.forks = _forks
@@ -314,9 +316,10 @@ class DatabaseCore:
         if self.closed or self.max_readers == 0:
             _pool.discard(self, slot)
             return
+        if self.waiters:  # threads wait for a reader: hand it to one of them
+            _pool.hand_over(self, slot)
+            return
         self._idle.append(slot)
-        if self.waiters:
-            _pool.wake(self)
         if self.closed:  # close() ran meanwhile and may have missed this one
             _pool.close_readers(self)
 
@@ -902,6 +905,8 @@ class RowIterator:
         statement = self._statement
         core = statement._core
         slot = self._slot
+        if core.forks != _forks:
+            core.check_fork()
         if slot is None:
             core.lock.acquire()
         try:
@@ -910,9 +915,9 @@ class RowIterator:
                 raise _closed_error(core.path)
             connection = cursor.connection
             token = _limits.start(core, False) if core.limits_active else None
-            if token is not None:
-                token.arm(connection)
             try:
+                if token is not None:
+                    token.arm(connection)  # raises QueryTimeout once the deadline has passed
                 row = next(cursor)
             except StopIteration:
                 self._finish()
@@ -954,6 +959,8 @@ class RowIterator:
         if self._cursor is None:
             return
         core = self._statement._core
+        if core.forks != _forks:
+            core.check_fork()
         if self._slot is not None or self._epoch != core.epoch:
             self._finish()
             return

@@ -23,7 +23,7 @@ from . import _limits
 from ._fork import leak
 from .errors import DatabaseClosedError
 
-__all__ = ["after_fork", "checkout_slow", "close_readers", "discard", "wake"]
+__all__ = ["after_fork", "checkout_slow", "close_readers", "discard", "hand_over"]
 
 
 def _closed(core: Any) -> DatabaseClosedError:
@@ -57,11 +57,13 @@ def checkout_slow(core: Any) -> Any:
     """A reader for the calling thread when none is free: open one, or wait for one."""
     me = threading.get_ident()
     cond = core.cond
+    waited = False
     with cond:
         while True:
             if core.closed:
                 raise _closed(core)
-            slot = core.idle_pop()
+            # readers handed over are for threads that waited, not for newcomers
+            slot = core.handed.pop(0) if waited and core.handed else core.idle_pop()
             if slot is not None:
                 slot.owner = me
                 return slot
@@ -76,15 +78,25 @@ def checkout_slow(core: Any) -> Any:
                 cond.wait(0.05)  # a timeout too: Ctrl-C is seen while waiting
             finally:
                 core.waiters -= 1
+            waited = True
     slot = _open_reader(core)
     slot.owner = me
     return slot
 
 
-def wake(core: Any) -> None:
-    """A reader went back to the pool while threads wait: wake one."""
+def hand_over(core: Any, slot: Any) -> None:
+    """A reader came back while threads wait: give it to one of them.
+
+    It does not go back on the idle stack, where the thread that returned it (or
+    any other running thread) would take it again at once: a thread that reads in
+    a loop could keep a waiting thread out for ever.
+    """
     with core.cond:
-        core.cond.notify()
+        if core.waiters > len(core.handed):
+            core.handed.append(slot)
+            core.cond.notify()
+        else:
+            core.idle_push(slot)
 
 
 def discard(core: Any, slot: Any) -> None:
@@ -99,7 +111,8 @@ def discard(core: Any, slot: Any) -> None:
 def close_readers(core: Any) -> None:
     """Close every idle reader; busy ones close as their calls return (``discard``)."""
     with core.cond:
-        idle = core.idle_take_all()
+        idle = core.idle_take_all() + core.handed
+        core.handed = []
         core.cond.notify_all()
     for slot in idle:
         discard(core, slot)
@@ -116,6 +129,7 @@ def after_fork(core: Any, lock: Any) -> None:
     core.lock = lock
     core.cond = threading.Condition()
     core.waiters = 0
+    core.handed = []
     core.opening = 0
     core.raw_transaction = False
     if not memory:
