@@ -1171,6 +1171,11 @@ def concurrency_markdown(results: ConcurrencyResults) -> str:
         for label, cells in _rows(results, keys):
             lines.append(f"| {label.strip()} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
+    settings = results.settings
+    parts.append(
+        f"{settings.rounds} rounds of {settings.round_seconds:.2f} s per cell; {_others(results)}; "
+        f"{_capacity(results)}."
+    )
     return "\n\n".join(parts)
 
 
