@@ -24,7 +24,7 @@ else:
 IMPLEMENTATION = "python" if impl.__name__.endswith("_py") else "cython"
 
 if TYPE_CHECKING:
-    from ._fastcache_py import Statement
+    from ._fastcache_py import Statement as Statement
 else:
     Statement = impl.Statement
     """The class of the statements ``AppDatabase.prepare`` returns (for type hints)."""
