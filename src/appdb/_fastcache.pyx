@@ -1071,6 +1071,7 @@ cdef class RowIterator:
             token = _limits_start(core, False) if core.limits_active else None
             try:
                 if token is not None:
+                    token.writer = writer  # a timeout on the writer ends its transaction
                     token.arm(connection)  # raises QueryTimeout once the deadline has passed
                 row = next(cursor)
             except StopIteration:

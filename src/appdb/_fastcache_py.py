@@ -917,6 +917,7 @@ class RowIterator:
             token = _limits.start(core, False) if core.limits_active else None
             try:
                 if token is not None:
+                    token.writer = slot is None  # a timeout on the writer ends its transaction
                     token.arm(connection)  # raises QueryTimeout once the deadline has passed
                 row = next(cursor)
             except StopIteration:

@@ -75,10 +75,14 @@ def find(core: object) -> Limit | None:
 class Token:
     """The limit of one call: armed on the connection the call runs on, then disarmed."""
 
-    __slots__ = ("budget", "budget_hit", "deadline", "limit", "seconds", "steps")
+    __slots__ = ("budget", "budget_hit", "connection", "deadline", "limit", "seconds", "steps", "writer")
 
-    def __init__(self, limit: Limit | None, deadline: float | None, seconds: float | None) -> None:
+    def __init__(
+        self, limit: Limit | None, deadline: float | None, seconds: float | None, writer: bool = False
+    ) -> None:
         self.limit = limit
+        self.writer = writer
+        self.connection: apsw.Connection | None = None
         self.deadline = deadline
         self.seconds = seconds
         self.budget = limit.budget if limit is not None else 0
@@ -104,6 +108,7 @@ class Token:
 
     def arm(self, connection: apsw.Connection) -> None:
         """Install the handler on ``connection`` (the caller holds the connection)."""
+        self.connection = connection
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise self.timeout(None)
         connection.set_progress_handler(self._check, self._every())
@@ -130,8 +135,24 @@ class Token:
         if (self.limit is not None and self.limit.cancelled) or (
             self.deadline is not None and time.monotonic() >= self.deadline
         ):
+            self._end_transaction()
             return self.timeout(sql)
         return None
+
+    def _end_transaction(self) -> None:
+        """An interrupted statement ends the writer's transaction, whatever it was.
+
+        SQLite itself rolls back the whole transaction when it interrupts a write
+        inside one; an interrupted read would leave it open. Rolling back in both
+        cases gives one rule: a ``QueryTimeout`` inside a transaction ends it (a block
+        that swallows the error gets ``TransactionError`` when it ends).
+        """
+        connection = self.connection
+        if self.writer and connection is not None and connection.in_transaction:
+            try:
+                connection.execute("ROLLBACK")
+            except apsw.Error:  # already gone: nothing left to undo
+                pass
 
 
 def start(core: Any, writer: bool) -> Token | None:
@@ -156,4 +177,4 @@ def start(core: Any, writer: bool) -> Token | None:
         if deadline is None or own < deadline:
             deadline = own
             seconds = timeout
-    return Token(limit, deadline, seconds)
+    return Token(limit, deadline, seconds, writer)
