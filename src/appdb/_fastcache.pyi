@@ -50,6 +50,7 @@ class DatabaseCore:
     """The connections (writer and reader pool) of one database, plus the LRU statement cache."""
 
     lock: ConnectionLock
+    lane: ConnectionLock
     writer: Slot
     opener: Callable[[bool], apsw.Connection] | None
     slots: list[Slot]

@@ -71,14 +71,16 @@ def check_row_type(row_type: object) -> str:
 
 
 class ConnectionLock:
-    """Re-entrant writer lock: no system call uncontended, no convoy, no starvation.
+    """Re-entrant lock: no system call uncontended, no convoy, no starvation.
 
-    A free lock is taken by whoever asks (barging), so a thread that releases and
-    re-takes it keeps running instead of switching threads on every call (a lock
-    convoy). A release with waiters wakes one of them to compete. Once a waiter
-    has waited ``STARVATION_SECONDS``, the next release hands the lock to a waiter
-    (the *baton*), so a thread calling in a loop cannot lock the others out.
-    Waiting wakes every 50 ms so that signals (Ctrl-C) get through.
+    A free lock is taken by whoever asks (barging), and a release wakes nobody: a
+    thread that releases and re-takes it keeps running instead of switching
+    threads on every call (a lock convoy). Waiters sleep and look again every
+    ``STARVATION_SECONDS``; one that finds the lock still taken asks for it, and
+    the next release hands it over (the *baton*) and wakes it. So a thread calling
+    in a loop cannot lock the others out, and a waiter gets the lock within about
+    a millisecond of it being released. Signals (Ctrl-C) get through at every
+    wake-up.
     """
 
     __slots__ = ("_count", "_gate", "_gate_open", "_handoff", "_mutex", "_owner", "_starving", "_waiters")
@@ -121,9 +123,9 @@ class ConnectionLock:
         taken = False
         try:
             while True:
-                woken = self._gate.acquire(timeout=0.05)  # raises KeyboardInterrupt & co.
+                woken = self._gate.acquire(timeout=STARVATION_SECONDS)  # raises KeyboardInterrupt & co.
                 with self._mutex:
-                    if woken:
+                    if woken:  # a hand-over: the lock is reserved for a waiter
                         self._gate_open = False
                     if self._count == 0 and (woken or not self._handoff):
                         self._handoff = False
@@ -133,7 +135,7 @@ class ConnectionLock:
                         taken = True
                         return
                     if time.monotonic() - started >= STARVATION_SECONDS:
-                        self._starving = True
+                        self._starving = True  # the next release hands the lock over
         finally:
             with self._mutex:
                 self._waiters -= 1
@@ -155,9 +157,8 @@ class ConnectionLock:
             if self._count:
                 return
             self._owner = 0
-            if self._waiters and not self._handoff:
-                if self._starving:
-                    self._handoff = True
+            if self._starving and self._waiters and not self._handoff:
+                self._handoff = True
                 if not self._gate_open:
                     self._gate_open = True
                     self._gate.release()
@@ -203,6 +204,7 @@ class DatabaseCore:
         "forks",
         "handed",
         "limits_active",
+        "lane",
         "lock",
         "max_readers",
         "opener",
@@ -236,6 +238,7 @@ class DatabaseCore:
             raise ValueError("a reader pool needs an opener")
         self.path = path
         self.lock = ConnectionLock()
+        self.lane = ConnectionLock()  # taken by short reads on the pool: see Statement._call_reader
         self.row_type = check_row_type(row_type)
         self.begin_sql = begin_sql
         self.closed = False
@@ -455,6 +458,7 @@ class Statement:
         "_parallel",
         "_readonly",
         "_returns_rows",
+        "_short",
         "_single_row",
         "_sql",
         "_txn_control",
@@ -480,6 +484,7 @@ class Statement:
         self._readonly = info.readonly
         self._parallel = info.parallel and (on_reader or getattr(self, "_parallel", True))
         self._txn_control = info.transaction_control
+        self._short = info.short
         self._returns_rows = bool(info.columns)
         self._single_row = info.single_row
         self._changes_schema = info.changes_schema
@@ -683,7 +688,17 @@ class Statement:
     def _call_reader(self, kind: int, bindings: Any) -> Any:
         core = self._core
         token = _limits.start(core, False) if core.limits_active else None
-        slot = core.checkout()
+        # Short reads take turns on the lane (see the README, "Threads and the reader
+        # pool"): threads that wait there sleep instead of fighting over the GIL.
+        lane = core.lane if self._short else None
+        if lane is not None:
+            lane.acquire()
+        try:
+            slot = core.checkout()
+        except BaseException:
+            if lane is not None:
+                lane.release()
+            raise
         retry = False
         try:
             if self._epoch != core.epoch:
@@ -709,6 +724,8 @@ class Statement:
                     token.disarm(connection)
         finally:
             core.checkin(slot)
+            if lane is not None:
+                lane.release()
         assert retry
         result = self._call_writer(kind, bindings)  # a read has no side effects: run it again
         self._parallel = False  # it works there and not on a reader

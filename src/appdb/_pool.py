@@ -127,6 +127,7 @@ def after_fork(core: Any, lock: Any) -> None:
     """
     memory = core.path in (":memory:", "")
     core.lock = lock
+    core.lane = type(lock)()
     core.cond = threading.Condition()
     core.waiters = 0
     core.handed = []

@@ -32,6 +32,9 @@ class StatementInfo(NamedTuple):
     parallel: bool = False
     #: BEGIN, COMMIT, ROLLBACK, SAVEPOINT or RELEASE.
     transaction_control: bool = False
+    #: The program has no loop (a lookup by primary or unique key, an expression):
+    #: its work is a few microseconds whatever the table's size.
+    short: bool = False
 
 
 #: Opcodes that may follow the one ``ResultRow`` of a program that yields at most one
@@ -41,27 +44,34 @@ _AFTER_SINGLE_ROW = frozenset({"DecrJumpZero"})
 _SCHEMA_OPCODES = frozenset({"SetCookie", "ParseSchema", "DropTable", "DropIndex", "DropTrigger"})
 
 
-def _program_shape(connection: apsw.Connection, sql: str) -> tuple[bool, bool]:
-    """``(single_row, changes_schema)`` read from the statement's bytecode (EXPLAIN).
+#: Opcodes that loop over rows (or count them): a program without any is short.
+_LOOP_OPCODES = frozenset(
+    {"Next", "Prev", "VNext", "SorterNext", "SorterSort", "Sort", "Rewind", "Last", "Count", "VFilter", "Yield"}
+)
+
+
+def _program_shape(connection: apsw.Connection, sql: str) -> tuple[bool, bool, bool]:
+    """``(single_row, changes_schema, short)`` read from the statement's bytecode (EXPLAIN).
 
     ``single_row`` is conservative: True only for programs with exactly one
     ``ResultRow`` that halts right after it (point lookups by rowid or unique
-    key, aggregates without GROUP BY, expressions).
+    key, aggregates without GROUP BY, expressions). ``short``: no loop at all.
     """
     cursor = connection.cursor()
     try:
         rows = cursor.execute(sql, apsw._null_bindings, can_cache=False, explain=1)  # type: ignore[attr-defined]
         opcodes = [row[1] for row in rows]
     except apsw.Error:
-        return False, False
+        return False, False, False
     finally:
         cursor.close(True)
     changes_schema = not _SCHEMA_OPCODES.isdisjoint(opcodes)
+    short = _LOOP_OPCODES.isdisjoint(opcodes)
     if opcodes.count("ResultRow") != 1:
-        return False, changes_schema
+        return False, changes_schema, short
     after = opcodes[opcodes.index("ResultRow") + 1 :]
     single = "Halt" in after and all(op in _AFTER_SINGLE_ROW for op in after[: after.index("Halt")])
-    return single, changes_schema
+    return single, changes_schema, short
 
 
 #: Authorizer actions of a statement that only reads the database.
@@ -175,8 +185,8 @@ def describe(connection: apsw.Connection, sql: str) -> StatementInfo:
             )
     if info.is_explain:
         return info
-    single_row, changes_schema = _program_shape(connection, sql)
-    return info._replace(single_row=single_row, changes_schema=changes_schema)
+    single_row, changes_schema, short = _program_shape(connection, sql)
+    return info._replace(single_row=single_row, changes_schema=changes_schema, short=short)
 
 
 def _display(names: tuple[str | None, ...], index: int) -> str:
