@@ -46,7 +46,8 @@ _SCHEMA_OPCODES = frozenset({"SetCookie", "ParseSchema", "DropTable", "DropIndex
 
 #: Opcodes that loop over rows (or count them): a program without any is short.
 _LOOP_OPCODES = frozenset(
-    {"Next", "Prev", "VNext", "SorterNext", "SorterSort", "Sort", "Rewind", "Last", "Count", "VFilter", "Yield"}
+    {"Next", "Prev", "VNext", "SorterNext", "SorterSort", "Sort", "Rewind", "Last", "Count", "VFilter"}
+    | {"Yield"}
 )
 
 
