@@ -832,7 +832,7 @@ cdef class Statement:
         cdef Slot slot
         cdef bint retry = False
         cdef bint short = self._short
-        token = _limits_start(core, False) if core.limits_active else None
+        token = _limits_start(core, False, self._short) if core.limits_active else None
         if short:
             lane._acquire()
         try:
@@ -878,7 +878,7 @@ cdef class Statement:
         cdef DatabaseCore core = self._core
         cdef ConnectionLock lock
         cdef bint busy
-        token = _limits_start(core, True) if core.limits_active else None
+        token = _limits_start(core, True, self._short) if core.limits_active else None
         lock = core.lock
         lock._acquire()
         try:
@@ -957,7 +957,7 @@ cdef class Statement:
             if self._generation != core._generation:
                 self._describe(connection, slot is not None)
             cursor = connection.cursor()
-            token = _limits_start(core, False) if core.limits_active else None
+            token = _limits_start(core, False, self._short) if core.limits_active else None
             if token is not None:
                 token.arm(connection)
             try:
@@ -1086,7 +1086,7 @@ cdef class RowIterator:
                 self._finish()
                 raise _closed_error(core.path)
             connection = cursor.connection
-            token = _limits_start(core, False) if core.limits_active else None
+            token = _limits_start(core, False, statement._short) if core.limits_active else None
             try:
                 if token is not None:
                     token.writer = writer  # a timeout on the writer ends its transaction

@@ -687,7 +687,7 @@ class Statement:
 
     def _call_reader(self, kind: int, bindings: Any) -> Any:
         core = self._core
-        token = _limits.start(core, False) if core.limits_active else None
+        token = _limits.start(core, False, self._short) if core.limits_active else None
         # Short reads take turns on the lane (see the README, "Threads and the reader
         # pool"): threads that wait there sleep instead of fighting over the GIL.
         lane = core.lane if self._short else None
@@ -733,7 +733,7 @@ class Statement:
 
     def _call_writer(self, kind: int, bindings: Any) -> Any:
         core = self._core
-        token = _limits.start(core, True) if core.limits_active else None
+        token = _limits.start(core, True, self._short) if core.limits_active else None
         lock = core.lock
         lock.acquire()
         try:
@@ -809,7 +809,7 @@ class Statement:
             if self._generation != core._generation:
                 self._describe(connection, on_reader=slot is not None)
             cursor = connection.cursor()
-            token = _limits.start(core, False) if core.limits_active else None
+            token = _limits.start(core, False, self._short) if core.limits_active else None
             if token is not None:
                 token.arm(connection)
             try:
@@ -931,7 +931,7 @@ class RowIterator:
                 self._finish()
                 raise _closed_error(core.path)
             connection = cursor.connection
-            token = _limits.start(core, False) if core.limits_active else None
+            token = _limits.start(core, False, statement._short) if core.limits_active else None
             try:
                 if token is not None:
                     token.writer = slot is None  # a timeout on the writer ends its transaction

