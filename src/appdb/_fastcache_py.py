@@ -71,97 +71,55 @@ def check_row_type(row_type: object) -> str:
 
 
 class ConnectionLock:
-    """Re-entrant lock: no system call uncontended, no convoy, no starvation.
+    """Re-entrant lock: cheap uncontended, no convoy, no starvation.
 
-    A free lock is taken by whoever asks (barging), and a release wakes nobody: a
-    thread that releases and re-takes it keeps running instead of switching
-    threads on every call (a lock convoy). Waiters sleep and look again every
-    ``STARVATION_SECONDS``; one that finds the lock still taken asks for it, and
-    the next release hands it over (the *baton*) and wakes it. So a thread calling
-    in a loop cannot lock the others out, and a waiter gets the lock within about
-    a millisecond of it being released. Signals (Ctrl-C) get through at every
-    wake-up.
+    A free lock is taken by whoever asks (barging): a thread that releases and
+    re-takes it keeps running instead of switching threads on every call (a lock
+    convoy). Waiters look again every ``STARVATION_SECONDS``; one that finds the
+    lock still taken sets the *starving* flag, which stops barging until a waiter
+    has it, so a thread calling in a loop cannot lock the others out. Signals
+    (Ctrl-C) get through while waiting.
+
+    The compiled twin keeps its own state under the GIL; here a C-level
+    ``threading.RLock`` is the lock itself (its non-blocking acquire is the fast
+    path). One difference in cost, not in behaviour: releasing it wakes a waiter
+    every time.
     """
 
-    __slots__ = ("_count", "_gate", "_gate_open", "_handoff", "_mutex", "_owner", "_starving", "_waiters")
+    __slots__ = ("_rlock", "_starving")
 
     def __init__(self) -> None:
-        self._mutex = threading.Lock()  # the compiled twin relies on the GIL instead
-        self._gate = threading.Lock()
-        self._gate.acquire()  # closed until a release opens it
-        self._gate_open = False
-        self._handoff = False
+        self._rlock: Any = threading.RLock()  # _is_owned and _recursion_count are C-level
         self._starving = False
-        self._owner = 0
-        self._count = 0
-        self._waiters = 0
 
     def owned(self) -> bool:
         """True when the calling thread holds the lock."""
-        return self._count > 0 and self._owner == get_ident()
+        return bool(self._rlock._is_owned())
 
     def depth(self) -> int:
         """How many times the calling thread holds the lock (0 when it does not)."""
-        return self._count if self._owner == get_ident() else 0
+        rlock = self._rlock
+        if not rlock._is_owned():
+            return 0
+        count = getattr(rlock, "_recursion_count", None)  # CPython 3.10+; PyPy may lack it
+        return int(count()) if count is not None else 1
 
     def acquire(self) -> None:
-        me = get_ident()
-        with self._mutex:
-            if self._count == 0:
-                if not self._handoff and not (self._starving and self._waiters):
-                    self._owner = me
-                    self._count = 1
-                    return
-            elif self._owner == me:
-                self._count += 1
-                return
-            self._waiters += 1
-        self._acquire_contended(me)
+        rlock = self._rlock
+        if (not self._starving or rlock._is_owned()) and rlock.acquire(False):
+            return
+        self._acquire_contended()
 
-    def _acquire_contended(self, me: int) -> None:
+    def _acquire_contended(self) -> None:
+        rlock = self._rlock
         started = time.monotonic()
-        taken = False
-        try:
-            while True:
-                woken = self._gate.acquire(timeout=STARVATION_SECONDS)  # raises KeyboardInterrupt & co.
-                with self._mutex:
-                    if woken:  # a hand-over: the lock is reserved for a waiter
-                        self._gate_open = False
-                    if self._count == 0 and (woken or not self._handoff):
-                        self._handoff = False
-                        self._starving = False
-                        self._owner = me
-                        self._count = 1
-                        taken = True
-                        return
-                    if time.monotonic() - started >= STARVATION_SECONDS:
-                        self._starving = True  # the next release hands the lock over
-        finally:
-            with self._mutex:
-                self._waiters -= 1
-                if not taken:
-                    self._pass_baton_on()
-
-    def _pass_baton_on(self) -> None:
-        """A waiter gave up: drop a baton (or wake-up) left for nobody."""
-        if self._waiters == 0 and self._gate_open and self._gate.acquire(False):
-            self._gate_open = False
-            self._handoff = False
-            self._starving = False
+        while not rlock.acquire(timeout=STARVATION_SECONDS):  # raises KeyboardInterrupt & co.
+            if time.monotonic() - started >= STARVATION_SECONDS:
+                self._starving = True  # newcomers queue behind the waiters from now on
+        self._starving = False
 
     def release(self) -> None:
-        with self._mutex:
-            if self._count == 0 or self._owner != get_ident():
-                raise RuntimeError("cannot release un-acquired lock")
-            self._count -= 1
-            if self._count:
-                return
-            self._owner = 0
-            if self._starving and self._waiters and not self._handoff:
-                self._handoff = True
-                if not self._gate_open:
-                    self._gate_open = True
-                    self._gate.release()
+        self._rlock.release()  # RuntimeError("cannot release un-acquired lock") if not ours
 
     def __enter__(self) -> None:
         self.acquire()
@@ -672,15 +630,19 @@ class Statement:
         return binding_error(exc, self._sql, self._names, bindings)
 
     # -- routing -----------------------------------------------------------
+    # The pure-Python twin is slower than the compiled one by nature; its hot path
+    # below is written flat (the lock, the lane, taking and giving back a reader
+    # inline) because every Python-level call costs about 0.1 us.
     def _call(self, kind: int, bindings: Any) -> Any:
         core = self._core
         if core.forks != _forks:
             core.check_fork()
+        lock = core.lock
         if (
             self._parallel
             and core.max_readers != 0
             and not core.raw_transaction
-            and core.lock._owner != get_ident()
+            and not lock._rlock._is_owned()
         ):
             return self._call_reader(kind, bindings)
         return self._call_writer(kind, bindings)
@@ -692,9 +654,18 @@ class Statement:
         # pool"): threads that wait there sleep instead of fighting over the GIL.
         lane = core.lane if self._short else None
         if lane is not None:
-            lane.acquire()
+            rlock = lane._rlock
+            if not ((not lane._starving or rlock._is_owned()) and rlock.acquire(False)):
+                lane._acquire_contended()
         try:
-            slot = core.checkout()
+            if core.closed:
+                raise _closed_error(core.path)
+            try:
+                slot = core._idle.pop()
+            except IndexError:
+                slot = _pool.checkout_slow(core)
+            else:
+                slot.owner = get_ident()
         except BaseException:
             if lane is not None:
                 lane.release()
@@ -704,15 +675,19 @@ class Statement:
             if self._epoch != core.epoch:
                 self._new_epoch()
             connection = slot.connection
-            cursor = self._cursor_on(slot)
+            index = slot.index
+            cursors = self._cursors
+            cursor = cursors[index] if index < len(cursors) else None
+            if cursor is None:
+                cursor = self._cursor_on(slot)
             if self._generation != core._generation:
                 self._describe(connection, on_reader=True)
             if token is not None:
                 token.arm(connection)
             try:
-                return self._execute(kind, cursor, slot.index, connection, bindings)
+                return self._execute(kind, cursor, index, connection, bindings)
             except BaseException as exc:
-                error = self._failed(exc, cursor, slot.index, bindings, token)
+                error = self._failed(exc, cursor, index, bindings, token)
                 if error is None:
                     if not isinstance(exc, apsw.SQLError):
                         raise
@@ -723,9 +698,15 @@ class Statement:
                 if token is not None:
                     token.disarm(connection)
         finally:
-            core.checkin(slot)
+            if core.waiters or core.closed:
+                core.checkin(slot)
+            else:
+                slot.owner = 0
+                core._idle.append(slot)
+                if core.closed:  # close() ran meanwhile and may have missed this one
+                    _pool.close_readers(core)
             if lane is not None:
-                lane.release()
+                lane._rlock.release()
         assert retry
         result = self._call_writer(kind, bindings)  # a read has no side effects: run it again
         self._parallel = False  # it works there and not on a reader
@@ -735,7 +716,9 @@ class Statement:
         core = self._core
         token = _limits.start(core, True, self._short) if core.limits_active else None
         lock = core.lock
-        lock.acquire()
+        rlock = lock._rlock
+        if not ((not lock._starving or rlock._is_owned()) and rlock.acquire(False)):
+            lock._acquire_contended()
         try:
             if core.closed:
                 raise _closed_error(core.path)
@@ -764,10 +747,10 @@ class Statement:
                 self._busy = busy
                 if token is not None:
                     token.disarm(connection)
-                if self._txn_control and lock._count == 1:
+                if self._txn_control and lock.depth() == 1:
                     core.raw_transaction = connection.in_transaction
         finally:
-            lock.release()
+            rlock.release()
         return result
 
     # -- execution ---------------------------------------------------------
