@@ -242,6 +242,7 @@ class DatabaseCore:
         """In a child process after ``fork()``: stop using the parent's connections."""
         if self.forks != _forks:
             _pool.after_fork(self, ConnectionLock())
+            self._cache_lock = threading.Lock()  # another thread may have held it at the fork
             self.forks = _forks
 
     def acquire_writer(self) -> apsw.Connection:
