@@ -67,7 +67,7 @@ import apsw
 
 from . import _batch, _limits, _pool
 from ._fork import leak
-from ._sqlinfo import binding_error, describe, extra_names_error
+from ._sqlinfo import binding_error, describe, extra_names_error, needs_writer
 from ._types import CacheStats, RunResult
 from .errors import DatabaseClosedError
 
@@ -80,6 +80,7 @@ cdef object _Mapping = Mapping
 cdef object _RunResult = RunResult
 cdef object _monotonic = time.monotonic
 cdef object _limits_start = _limits.start
+cdef object _limits_nowait = _limits.nowait
 cdef object _checkout_slow = _pool.checkout_slow
 cdef object _discard = _pool.discard
 cdef object _hand_over = _pool.hand_over
@@ -98,6 +99,12 @@ STARVATION_SECONDS = 0.001
 cdef double _STARVATION = STARVATION_SECONDS
 
 cdef long long _forks = 0
+
+# A lock that is never released: waiting on it with a timeout is a nap without the GIL.
+cdef PyThread_type_lock _nap = PyThread_allocate_lock()
+if _nap == NULL:
+    raise MemoryError("cannot allocate a lock")
+PyThread_acquire_lock(_nap, WAIT_LOCK)
 
 
 def _count_fork():
@@ -158,6 +165,7 @@ cdef class ConnectionLock:
     cdef bint _gate_open
     cdef bint _handoff
     cdef bint _starving
+    cdef unsigned long long _handovers
 
     def __cinit__(self):
         self._gate = PyThread_allocate_lock()
@@ -167,6 +175,7 @@ cdef class ConnectionLock:
         self._gate_open = False
         self._handoff = False
         self._starving = False
+        self._handovers = 0
         self._owner = 0
         self._count = 0
         self._waiters = 0
@@ -194,11 +203,22 @@ cdef class ConnectionLock:
         cdef bint woken
         cdef double started = _monotonic()
         cdef long long wait_us = <long long>(_STARVATION * 1e6)
+        cdef unsigned long long arrived = self._handovers
+        cdef bint eligible = False
         self._waiters += 1
         while True:
-            with nogil:
-                status = PyThread_acquire_lock_timed(self._gate, wait_us, 0)
-            woken = status == PY_LOCK_ACQUIRED
+            if self._handoff and self._handovers == arrived and not eligible:
+                # A hand-over issued before this thread came belongs to the waiters that
+                # were there (often this thread just released the lock): nap instead of
+                # taking it, and compete from the next one on.
+                with nogil:
+                    PyThread_acquire_lock_timed(_nap, wait_us, 0)
+                eligible = True
+                woken = False
+            else:
+                with nogil:
+                    status = PyThread_acquire_lock_timed(self._gate, wait_us, 0)
+                woken = status == PY_LOCK_ACQUIRED
             if woken:  # a hand-over: the lock is reserved for a waiter
                 self._gate_open = False
             if self._count == 0 and (woken or not self._handoff):
@@ -232,10 +252,25 @@ cdef class ConnectionLock:
             self._owner = 0
             if self._starving and self._waiters and not self._handoff:
                 self._handoff = True
+                self._handovers += 1
                 if not self._gate_open:
                     self._gate_open = True
                     PyThread_release_lock(self._gate)
         return 0
+
+    cdef inline bint _try_acquire(self):
+        """Take the lock if that needs no waiting (re-entry included)."""
+        cdef unsigned long me = PyThread_get_thread_ident()
+        if self._count == 0:
+            if not self._handoff and not (self._starving and self._waiters):
+                self._owner = me
+                self._count = 1
+                return True
+            return False
+        if self._owner == me:
+            self._count += 1
+            return True
+        return False
 
     cdef inline bint _owned(self):
         return self._count > 0 and self._owner == PyThread_get_thread_ident()
@@ -614,6 +649,8 @@ cdef class Statement:
         """
         cdef DatabaseCore core = self._core
         cdef Slot slot
+        if core.forks != _forks:
+            core.check_fork()
         if core.routes_to_reader():
             slot = core._checkout()
             try:
@@ -779,13 +816,18 @@ cdef class Statement:
         cdef list rows
         cdef Py_ssize_t i, n
         cdef DatabaseCore core
+        if execute is None:  # close() dropped the cached method meanwhile
+            execute = cursor.execute
         if kind == _RUN:
             execute(self._sql, bindings)
             if self._returns_rows:
                 for _ in cursor:
                     pass
-            core = self._core
-            result = appdb_new_pair(_RunResult, core._changes(), core._last_insert_rowid())
+            if index == 0:
+                core = self._core
+                result = appdb_new_pair(_RunResult, core._changes(), core._last_insert_rowid())
+            else:  # a read run() on a reader: that connection's counters
+                result = appdb_new_pair(_RunResult, connection.changes(), connection.last_insert_rowid())
         elif kind == _ALL:
             rows = execute(self._sql, bindings).fetchall()
             n = PyList_GET_SIZE(rows)
@@ -806,6 +848,8 @@ cdef class Statement:
 
     cdef object _failed(self, BaseException exc, object cursor, Py_ssize_t index, object bindings, object token):
         """Discard ``cursor`` after an error; return the translated error if any."""
+        if self._core.closed:  # close() from another thread pulled the connection away
+            return _closed_error(self._core.path)
         self._forget(cursor, index)
         if token is not None:
             error = token.translate(exc, self._sql)
@@ -833,15 +877,21 @@ cdef class Statement:
         cdef Slot slot
         cdef bint retry = False
         cdef bint short = self._short
-        token = _limits_start(core, False, self._short) if core.limits_active else None
-        if short:
-            lane._acquire()
-        try:
-            slot = core._checkout()
-        except BaseException:
-            if short:
-                lane._release()
-            raise
+        token = _limits_start(core, False, short) if core.limits_active else None
+        slot = core._checkout()
+        # Short reads then take turns on the lane (see the README, "Threads and the
+        # reader pool"): threads waiting there sleep instead of fighting over the GIL.
+        # The reader comes first: a thread holding the lane never waits for a reader,
+        # so a thread that holds a reader (an open iterate()) and wants the lane
+        # cannot deadlock with it.
+        if short and not lane._try_acquire():
+            try:
+                if core.limits_active:
+                    _limits_nowait(core)  # an event loop must not wait here
+                lane._acquire()
+            except BaseException:
+                core._checkin(slot)
+                raise
         try:
             if self._epoch != core.epoch:
                 self._new_epoch()
@@ -849,9 +899,9 @@ cdef class Statement:
             cursor = self._cursor_on(slot)
             if self._generation != core._generation:
                 self._describe(connection, True)
-            if token is not None:
-                token.arm(connection)
             try:
+                if token is not None:
+                    token.arm(connection)
                 return self._execute(
                     kind, cursor, <object>PyList_GET_ITEM(self._executes, slot.index), slot.index, connection,
                     bindings,
@@ -859,18 +909,18 @@ cdef class Statement:
             except BaseException as exc:
                 error = self._failed(exc, cursor, slot.index, bindings, token)
                 if error is None:
-                    if not isinstance(exc, _SQLError):
+                    if not needs_writer(exc):
                         raise
-                    retry = True  # e.g. a function registered on the writer only
+                    retry = True  # a function registered on the writer only, say
                 else:
                     raise error from None
             finally:
                 if token is not None:
                     token.disarm(connection)
         finally:
-            core._checkin(slot)
             if short:
                 lane._release()
+            core._checkin(slot)
         result = self._call_writer(kind, bindings)  # a read has no side effects: run it again
         self._parallel = False  # it works there and not on a reader
         return result
@@ -901,9 +951,9 @@ cdef class Statement:
             else:
                 execute = <object>PyList_GET_ITEM(self._executes, 0)
             self._busy = True
-            if token is not None:
-                token.arm(connection)
             try:
+                if token is not None:
+                    token.arm(connection)
                 result = self._execute(kind, cursor, execute, 0, connection, bindings)
             except BaseException as exc:
                 error = self._failed(exc, cursor, 0, bindings, token)
@@ -959,9 +1009,10 @@ cdef class Statement:
                 self._describe(connection, slot is not None)
             cursor = connection.cursor()
             token = _limits_start(core, False, self._short) if core.limits_active else None
-            if token is not None:
-                token.arm(connection)
             try:
+                if token is not None:
+                    token.writer = slot is None  # a timeout on the writer ends its transaction
+                    token.arm(connection)
                 cursor.execute(self._sql, bindings)
                 if self._changes_schema:
                     core._generation += 1

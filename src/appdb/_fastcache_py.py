@@ -21,7 +21,7 @@ import apsw
 
 from . import _batch, _limits, _pool
 from ._fork import leak
-from ._sqlinfo import binding_error, describe, extra_names_error
+from ._sqlinfo import binding_error, describe, extra_names_error, needs_writer
 from ._types import CacheStats, RunResult
 from .errors import DatabaseClosedError
 
@@ -457,6 +457,8 @@ class Statement:
         always runs on the writer.
         """
         core = self._core
+        if core.forks != _forks:
+            core.check_fork()
         if core.routes_to_reader():
             slot = core.checkout()
             try:
@@ -623,6 +625,8 @@ class Statement:
         self, exc: BaseException, cursor: apsw.Cursor, index: int, bindings: Any, token: _limits.Token | None
     ) -> BaseException | None:
         """Discard ``cursor`` after an error; return the translated error if any."""
+        if self._core.closed:  # close() from another thread pulled the connection away
+            return _closed_error(self._core.path)
         self._forget(cursor, index)
         if token is not None:
             error = token.translate(exc, self._sql)
@@ -651,26 +655,30 @@ class Statement:
     def _call_reader(self, kind: int, bindings: Any) -> Any:
         core = self._core
         token = _limits.start(core, False, self._short) if core.limits_active else None
-        # Short reads take turns on the lane (see the README, "Threads and the reader
-        # pool"): threads that wait there sleep instead of fighting over the GIL.
+        if core.closed:
+            raise _closed_error(core.path)
+        try:
+            slot = core._idle.pop()
+        except IndexError:
+            slot = _pool.checkout_slow(core)
+        else:
+            slot.owner = get_ident()
+        # Short reads then take turns on the lane (see the README, "Threads and the
+        # reader pool"): threads waiting there sleep instead of fighting over the GIL.
+        # The reader comes first: a thread holding the lane never waits for a reader,
+        # so a thread that holds a reader (an open iterate()) and wants the lane
+        # cannot deadlock with it.
         lane = core.lane if self._short else None
         if lane is not None:
             rlock = lane._rlock
             if not ((not lane._starving or rlock._is_owned()) and rlock.acquire(False)):
-                lane._acquire_contended()
-        try:
-            if core.closed:
-                raise _closed_error(core.path)
-            try:
-                slot = core._idle.pop()
-            except IndexError:
-                slot = _pool.checkout_slow(core)
-            else:
-                slot.owner = get_ident()
-        except BaseException:
-            if lane is not None:
-                lane.release()
-            raise
+                try:
+                    if core.limits_active:
+                        _limits.nowait(core)  # an event loop must not wait here
+                    lane._acquire_contended()
+                except BaseException:
+                    core.checkin(slot)
+                    raise
         retry = False
         try:
             if self._epoch != core.epoch:
@@ -683,22 +691,24 @@ class Statement:
                 cursor = self._cursor_on(slot)
             if self._generation != core._generation:
                 self._describe(connection, on_reader=True)
-            if token is not None:
-                token.arm(connection)
             try:
+                if token is not None:
+                    token.arm(connection)
                 return self._execute(kind, cursor, index, connection, bindings)
             except BaseException as exc:
                 error = self._failed(exc, cursor, index, bindings, token)
                 if error is None:
-                    if not isinstance(exc, apsw.SQLError):
+                    if not needs_writer(exc):
                         raise
-                    retry = True  # e.g. a function registered on the writer only
+                    retry = True  # a function registered on the writer only, say
                 else:
                     raise error from None
             finally:
                 if token is not None:
                     token.disarm(connection)
         finally:
+            if lane is not None:
+                lane._rlock.release()
             if core.waiters or core.closed:
                 core.checkin(slot)
             else:
@@ -706,8 +716,6 @@ class Statement:
                 core._idle.append(slot)
                 if core.closed:  # close() ran meanwhile and may have missed this one
                     _pool.close_readers(core)
-            if lane is not None:
-                lane._rlock.release()
         assert retry
         result = self._call_writer(kind, bindings)  # a read has no side effects: run it again
         self._parallel = False  # it works there and not on a reader
@@ -735,9 +743,9 @@ class Statement:
                 if not busy:
                     self._cursors[0] = cursor
             self._busy = True
-            if token is not None:
-                token.arm(connection)
             try:
+                if token is not None:
+                    token.arm(connection)
                 result = self._execute(kind, cursor, 0, connection, bindings)
             except BaseException as exc:
                 error = self._failed(exc, cursor, 0, bindings, token)
@@ -794,9 +802,10 @@ class Statement:
                 self._describe(connection, on_reader=slot is not None)
             cursor = connection.cursor()
             token = _limits.start(core, False, self._short) if core.limits_active else None
-            if token is not None:
-                token.arm(connection)
             try:
+                if token is not None:
+                    token.writer = slot is None  # a timeout on the writer ends its transaction
+                    token.arm(connection)
                 cursor.execute(self._sql, bindings)
                 if self._changes_schema:
                     core._generation += 1

@@ -22,7 +22,7 @@ import apsw
 
 from .errors import QueryTimeout
 
-__all__ = ["CHECK_STEPS", "BudgetExceeded", "Limit", "Token", "WouldBlock", "current", "start"]
+__all__ = ["CHECK_STEPS", "BudgetExceeded", "Limit", "Token", "WouldBlock", "current", "nowait", "start"]
 
 #: Virtual-machine steps between two deadline checks. A Python call every 1,000
 #: steps costs about 2% on a long scan and bounds the overshoot to well under 1 ms.
@@ -110,13 +110,15 @@ class Token:
         """Install the handler on ``connection`` (the caller holds the connection)."""
         self.connection = connection
         if self.deadline is not None and time.monotonic() >= self.deadline:
+            self._end_transaction()
             raise self.timeout(None)
-        connection.set_progress_handler(self._check, self._every())
+        # Under its own id: APSW keeps several progress handlers per connection, so a
+        # nested call's handler, or one the application installed, is left alone.
+        connection.set_progress_handler(self._check, self._every(), id=self)
 
-    @staticmethod
-    def disarm(connection: apsw.Connection) -> None:
+    def disarm(self, connection: apsw.Connection) -> None:
         try:
-            connection.set_progress_handler(None)
+            connection.set_progress_handler(None, id=self)
         except apsw.Error:  # closed meanwhile
             pass
 
@@ -153,6 +155,13 @@ class Token:
                 connection.execute("ROLLBACK")
             except apsw.Error:  # already gone: nothing left to undo
                 pass
+
+
+def nowait(core: Any) -> None:
+    """Raise ``WouldBlock`` when the calling task must not wait (an ``appdb.aio`` inline call)."""
+    limit = find(core)
+    if limit is not None and limit.nowait:
+        raise WouldBlock
 
 
 def start(core: Any, writer: bool, short: bool = False) -> Token | None:

@@ -92,7 +92,9 @@ def hand_over(core: Any, slot: Any) -> None:
     a loop could keep a waiting thread out for ever.
     """
     with core.cond:
-        if core.waiters > len(core.handed):
+        if core.closed:  # close() ran meanwhile: nobody takes it any more
+            discard(core, slot)
+        elif core.waiters > len(core.handed):
             core.handed.append(slot)
             core.cond.notify()
         else:

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import apsw
 
-__all__ = ["StatementInfo", "binding_error", "describe", "extra_names_error"]
+__all__ = ["StatementInfo", "binding_error", "describe", "extra_names_error", "needs_writer"]
 
 
 class StatementInfo(NamedTuple):
@@ -78,6 +78,19 @@ def _program_shape(connection: apsw.Connection, sql: str) -> tuple[bool, bool, b
 #: Authorizer actions of a statement that only reads the database.
 _READ_ACTIONS = frozenset({apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION, apsw.SQLITE_RECURSIVE})
 _TRANSACTION_ACTIONS = frozenset({apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT})
+#: Functions whose answer depends on the connection: a read using them runs on the writer.
+_CONNECTION_STATE = frozenset({"changes", "total_changes", "last_insert_rowid"})
+#: Errors of a read that compiled on the writer but meets a reader without what it
+#: needs (a function registered on the writer only, a temp table): run it there.
+_WRITER_ONLY_ERRORS = ("no such function", "no such table", "no such collation", "no such module")
+
+
+def needs_writer(exc: BaseException) -> bool:
+    """True when ``exc`` from a reader means the read can only run on the writer."""
+    if not isinstance(exc, apsw.SQLError):
+        return False
+    message = str(exc)
+    return any(error in message for error in _WRITER_ONLY_ERRORS)
 
 
 class _Actions:
@@ -98,6 +111,8 @@ class _Actions:
         self.actions.add(op)
         if op == apsw.SQLITE_READ and dbname not in (None, "main"):
             self.other_database = True
+        elif op == apsw.SQLITE_FUNCTION and isinstance(p2, str) and p2.lower() in _CONNECTION_STATE:
+            self.other_database = True  # it answers about the connection it runs on
         if self.previous is not None:
             return int(self.previous(op, p1, p2, dbname, source))
         return apsw.SQLITE_OK
