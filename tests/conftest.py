@@ -1,13 +1,13 @@
 """Every test runs against both implementations of the hot path.
 
-The ``impl`` fixture swaps the twin that ``init_database`` builds on; ``db``
-opens a real WAL database file in the test's temporary folder.
+The ``impl`` fixture makes a twin the one ``init_database`` builds on (through
+``_select.using``, never by assigning module globals); ``impl_env`` is the
+environment that makes a child process pick the same twin; ``db`` opens a real
+WAL database file in the test's temporary folder.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -17,29 +17,23 @@ import pytest
 import appdb
 from appdb import _select
 
-NO_EXTENSIONS = os.environ.get("APPDB_NO_EXTENSIONS", "") not in ("", "0")
-
 
 def _implementations() -> list[str]:
-    names = ["python"]
-    if not NO_EXTENSIONS:
-        names.insert(0, "cython")
-    return names
-
-
-def load_impl(name: str) -> ModuleType:
-    if name == "python":
-        return importlib.import_module("appdb._fastcache_py")
-    # A missing compiled module is a failure, not a skip: set APPDB_NO_EXTENSIONS=1
-    # to test a pure-Python install on purpose.
-    return importlib.import_module("appdb._fastcache")
+    # A missing compiled module is a failure, not a skip (``_select.load`` raises):
+    # set APPDB_NO_EXTENSIONS=1 to test a pure-Python install on purpose.
+    return ["python"] if _select.NO_EXTENSIONS else ["cython", "python"]
 
 
 @pytest.fixture(params=_implementations())
-def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    module = load_impl(request.param)
-    monkeypatch.setattr(_select, "impl", module)
-    yield module
+def impl(request: pytest.FixtureRequest) -> Iterator[ModuleType]:
+    with _select.using(request.param) as module:
+        yield module
+
+
+@pytest.fixture
+def impl_env(impl: ModuleType) -> dict[str, str]:
+    """An environment under which a child process picks ``impl``'s twin, as users pick theirs."""
+    return _select.environment(impl_name(impl))
 
 
 @pytest.fixture
@@ -64,6 +58,11 @@ def small(db: appdb.AppDatabase) -> appdb.AppDatabase:
         """
     )
     return db
+
+
+def impl_name(impl: ModuleType) -> str:
+    """``"cython"`` or ``"python"``: the name of twin ``impl``."""
+    return "python" if impl.__name__.endswith("_py") else "cython"
 
 
 def open_snapshots(db: appdb.AppDatabase) -> int:

@@ -16,6 +16,7 @@ import pytest
 
 import appdb
 from appdb.migrations import Migration, MigrationRunner
+from conftest import impl_name
 
 CHILD = Path(__file__).parent / "migration_fixtures" / "race_child.py"
 PROCESSES = 8
@@ -87,13 +88,10 @@ def test_processes_racing_on_a_new_database_apply_each_migration_once(tmp_path: 
 
 
 SLOW_CHILD = """
-import importlib, json, sys, time
+import json, sys, time
 from pathlib import Path
-from appdb import _select
-_select.impl = importlib.import_module(
-    "appdb._fastcache_py" if sys.argv[1] == "python" else "appdb._fastcache"
-)
 import appdb
+assert appdb.IMPLEMENTATION == sys.argv[1], appdb.IMPLEMENTATION  # picked through its environment
 db_path, folder, start = sys.argv[2:5]
 while not Path(start).exists():
     time.sleep(0.001)
@@ -117,7 +115,9 @@ def _slow_migrations(folder: Path) -> None:
     (folder / "002_after.sql").write_text("-- migrate:up\nCREATE TABLE after (x);\n")
 
 
-def test_processes_wait_for_a_migration_longer_than_busy_timeout(impl: ModuleType, tmp_path: Path) -> None:
+def test_processes_wait_for_a_migration_longer_than_busy_timeout(
+    impl: ModuleType, impl_env: dict[str, str], tmp_path: Path
+) -> None:
     folder = tmp_path / "migrations"
     _slow_migrations(folder)
     db_path = tmp_path / "data" / "app.db"
@@ -125,13 +125,12 @@ def test_processes_wait_for_a_migration_longer_than_busy_timeout(impl: ModuleTyp
     child = tmp_path / "slow_child.py"
     child.write_text(SLOW_CHILD)
     start = tmp_path / "start"
-    env = dict(os.environ)
+    env = dict(impl_env)
     source_root = str(Path(appdb.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
-    name = "python" if impl.__name__.endswith("_py") else "cython"
     children = [
         subprocess.Popen(
-            [sys.executable, str(child), name, str(db_path), str(folder), str(start)],
+            [sys.executable, str(child), impl_name(impl), str(db_path), str(folder), str(start)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -17,6 +17,7 @@ import pytest
 
 import appdb
 from appdb.migrations import AppliedMigration, Migration, MigrationRunner, discover_migrations
+from conftest import impl_name
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
 
@@ -75,7 +76,7 @@ def test_init_database_applies_pending_and_records_them(
             (m.version, m.name, m.checksum) for m in expected
         ]
         assert all(isinstance(a, AppliedMigration) and ISO_UTC.match(a.applied_at) for a in applied)
-        columns = [r["name"] for r in db.pragma("table_info", appdb._constants.MIGRATIONS_TABLE)]
+        columns = [r["name"] for r in db.pragma("table_info", appdb._ledger.MIGRATIONS_TABLE)]
         assert columns[:4] == ["version", "name", "applied_at", "checksum"]
     with appdb.init_database(db_path, migrations=str(folder)) as again:
         assert again.migration_results == []
@@ -477,12 +478,9 @@ MIGRATIONS = [
 """
 
 CALLABLE_CHILD = """
-import importlib, json, sys
-from appdb import _select
-_select.impl = importlib.import_module(
-    "appdb._fastcache_py" if sys.argv[1] == "python" else "appdb._fastcache"
-)
+import json, sys
 import appdb
+assert appdb.IMPLEMENTATION == sys.argv[1], appdb.IMPLEMENTATION  # picked through its environment
 from callable_migrations import MIGRATIONS
 try:
     with appdb.init_database(sys.argv[2], migrations=MIGRATIONS) as db:
@@ -493,19 +491,18 @@ except appdb.MigrationError as exc:
 
 
 def test_callable_migrations_keep_their_checksum_across_processes(
-    impl: ModuleType, db_path: Path, tmp_path: Path
+    impl: ModuleType, impl_env: dict[str, str], db_path: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "callable_migrations.py").write_text(CALLABLE_MIGRATIONS)
     child = tmp_path / "child.py"
     child.write_text(CALLABLE_CHILD)
-    env = dict(os.environ)
+    env = dict(impl_env)
     source_root = str(Path(appdb.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, str(tmp_path), env.get("PYTHONPATH")) if p)
-    name = "python" if impl.__name__.endswith("_py") else "cython"
     reports = []
     for _ in range(2):  # a restart: a fresh process builds the same migrations again
         done = subprocess.run(
-            [sys.executable, str(child), name, str(db_path)],
+            [sys.executable, str(child), impl_name(impl), str(db_path)],
             capture_output=True,
             text=True,
             env=env,

@@ -12,6 +12,8 @@ import apsw
 import pytest
 
 import appdb
+from appdb import _select
+from conftest import impl_name
 
 
 def _mode(path: Path) -> int:
@@ -186,3 +188,46 @@ def test_implementation_selector(impl: ModuleType) -> None:
     forced = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert forced.stdout.strip() == "python"
     assert appdb.IMPLEMENTATION in ("cython", "python")
+
+
+def test_a_child_picks_its_twin_through_its_environment(impl: ModuleType) -> None:
+    import subprocess
+    import sys
+
+    code = "import appdb; print(appdb.IMPLEMENTATION)"
+    env = _select.environment(impl_name(impl))
+    child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert child.stdout.strip() == impl_name(impl)
+
+
+def test_environment_sets_or_clears_the_switch() -> None:
+    base = {"APPDB_NO_EXTENSIONS": "0", "OTHER": "kept"}
+    assert _select.environment("python", base) == {"APPDB_NO_EXTENSIONS": "1", "OTHER": "kept"}
+    assert base == {"APPDB_NO_EXTENSIONS": "0", "OTHER": "kept"}  # a copy
+    if not _select.NO_EXTENSIONS:
+        assert _select.environment("cython", base) == {"OTHER": "kept"}
+    with pytest.raises(ValueError, match="twin must be one of cython, python, not 'pypy'"):
+        _select.environment("pypy")
+
+
+def test_using_makes_a_twin_live_and_restores_the_previous_one() -> None:
+    live = _select.impl
+    with _select.using("python") as module:
+        assert module is _select.impl is _select.load("python")
+        assert module.__name__ == "appdb._fastcache_py"
+    assert _select.impl is live
+    with pytest.raises(RuntimeError), _select.using("python"):
+        raise RuntimeError
+    assert _select.impl is live
+
+
+def test_a_missing_compiled_twin_is_an_error_not_a_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "appdb._fastcache", None)  # what importing it finds: nothing
+    live = _select.impl
+    with pytest.raises(ImportError):
+        _select.load("cython")
+    with pytest.raises(ImportError), _select.using("cython"):
+        pass
+    assert _select.impl is live

@@ -1,8 +1,9 @@
 """Shared helpers of the reliability suite (not a test module): child processes and checks.
 
 The ``impl``, ``db`` and ``db_path`` fixtures come from ``tests/conftest.py`` and
-parametrize every test over both twins; child processes are told which twin to
-use, so a test of the ``python`` twin never runs compiled code in its children.
+parametrize every test over both twins; child processes pick the same twin the way
+users do, through ``APPDB_NO_EXTENSIONS`` in their environment, so a test of the
+``python`` twin never runs compiled code in its children.
 """
 
 from __future__ import annotations
@@ -16,23 +17,24 @@ from types import ModuleType
 import apsw
 import pytest
 
+from appdb import _select
+from conftest import impl_name
+
 WORKER = Path(__file__).resolve().parent / "worker.py"
-
-
-def impl_name(impl: ModuleType) -> str:
-    return "python" if impl.__name__.endswith("_py") else "cython"
 
 
 def spawn(
     impl: ModuleType, command: str, path: os.PathLike[str] | str, *args: object
 ) -> subprocess.Popen[str]:
     """Start ``worker.py`` for ``command`` with the given twin; stdout is a text pipe."""
+    name = impl_name(impl)
     return subprocess.Popen(
-        [sys.executable, str(WORKER), impl_name(impl), command, str(path), *map(str, args)],
+        [sys.executable, str(WORKER), name, command, str(path), *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=str(Path(path).parent),
+        env=_select.environment(name),
     )
 
 
@@ -59,22 +61,13 @@ def integrity(path: os.PathLike[str] | str) -> list[str]:
 
 def twin_modules() -> dict[str, ModuleType]:
     """Both twins (only the pure-Python one when APPDB_NO_EXTENSIONS=1 says so)."""
-    import importlib
-
-    twins = {"python": importlib.import_module("appdb._fastcache_py")}
-    if os.environ.get("APPDB_NO_EXTENSIONS", "") in ("", "0"):
-        twins["cython"] = importlib.import_module("appdb._fastcache")
-    return twins
+    names = ["python"] if _select.NO_EXTENSIONS else ["python", "cython"]
+    return {name: _select.load(name) for name in names}
 
 
 def open_with(module: ModuleType, path: os.PathLike[str] | str, **options: object):  # type: ignore[no-untyped-def]
     """``init_database`` on a given twin, whatever the live one is."""
     import appdb
-    from appdb import _select
 
-    previous = _select.impl
-    _select.impl = module
-    try:
+    with _select.using(impl_name(module)):
         return appdb.init_database(path, **options)  # type: ignore[arg-type]
-    finally:
-        _select.impl = previous

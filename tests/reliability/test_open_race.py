@@ -8,16 +8,14 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from reliability_support import impl_name
+from appdb import _select
+from conftest import impl_name
 
 CHILD = """
-import importlib, sys, time
+import sys, time
 from pathlib import Path
-from appdb import _select
-_select.impl = importlib.import_module(
-    "appdb._fastcache_py" if sys.argv[1] == "python" else "appdb._fastcache"
-)
 import appdb
+assert appdb.IMPLEMENTATION == sys.argv[1], appdb.IMPLEMENTATION  # picked through its environment
 path, start = sys.argv[2:4]
 while not Path(start).exists():
     time.sleep(0.0005)
@@ -42,6 +40,7 @@ def test_processes_creating_one_file_at_once_all_open(impl: ModuleType, tmp_path
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                env=_select.environment(impl_name(impl)),
             )
             for _ in range(PROCESSES)
         ]

@@ -2,26 +2,26 @@
 
     python worker.py IMPL COMMAND DB [ARGS...]
 
-``IMPL`` is ``cython`` or ``python`` and picks the twin ``init_database`` builds
-on, exactly as the ``impl`` fixture does in the test process. Every command
+``IMPL`` is ``cython`` or ``python``: the twin the parent made this process pick
+through its environment (``APPDB_NO_EXTENSIONS``, as users pick theirs), checked
+before anything runs so a fallback cannot go unnoticed. Every command
 reports on stdout, one flushed line per event, so a parent that kills the child
 still reads everything it reported before dying.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import time
 from pathlib import Path
 
-from appdb import _select
 
+def check_impl(name: str) -> None:
+    import appdb
 
-def use_impl(name: str) -> None:
-    module = "appdb._fastcache_py" if name == "python" else "appdb._fastcache"
-    _select.impl = importlib.import_module(module)
+    if appdb.IMPLEMENTATION != name:
+        raise SystemExit(f"the parent asked for the {name} twin; this process picked {appdb.IMPLEMENTATION}")
 
 
 def say(line: str) -> None:
@@ -159,7 +159,7 @@ def migrate(path: str, migrations: str) -> None:
 
 def main(argv: list[str]) -> None:
     impl, command, path, *args = argv
-    use_impl(impl)
+    check_impl(impl)
     if command == "load":
         load_writer(path, int(args[0]), int(args[1]), args[2])
     elif command == "wal-writer":
