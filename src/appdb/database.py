@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import apsw
 
-from . import _limits, _select
+from . import _ledger, _limits, _select
 from ._backup import write_backup
-from ._constants import MIGRATIONS_TABLE
 from ._files import file_identity, file_intact
 from ._types import CacheStats, CheckpointResult, PoolStatus
 from ._walguard import guard_size, install_wal_guard
@@ -296,13 +295,7 @@ class AppDatabase:
     def get_schema_version(self) -> int:
         """Highest applied migration version, 0 when none has been applied."""
         with self.writer() as connection:
-            exists = connection.execute(
-                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (MIGRATIONS_TABLE,)
-            ).get
-            if not exists:
-                return 0
-            version = connection.execute(f"SELECT max(version) FROM {MIGRATIONS_TABLE}").get
-            return int(version or 0)
+            return _ledger.schema_version(connection)
 
     def checkpoint(self, mode: str = "passive") -> CheckpointResult:
         """Run a WAL checkpoint (``passive``, ``full``, ``restart`` or ``truncate``).

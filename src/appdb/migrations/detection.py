@@ -20,7 +20,7 @@ from typing import Any
 
 import apsw
 
-from .._constants import MIGRATIONS_TABLE
+from .._ledger import MIGRATIONS_TABLE
 from .model import Finding
 
 __all__ = ["SchemaState", "TableState", "Watcher", "capture", "diff", "plural"]

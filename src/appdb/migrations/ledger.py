@@ -1,6 +1,7 @@
-"""The bookkeeping table of applied migrations, and ``PRAGMA user_version``.
+"""Reading and writing the bookkeeping table of applied migrations, and ``PRAGMA user_version``.
 
-Every function expects the caller to hold the database's lock (inside
+The table's name and the schema-version query live in ``appdb._ledger``, shared
+with the facade. Every function expects the caller to hold the database's lock (inside
 ``db.transaction()``), so it reads and writes through the raw connection.
 """
 
@@ -10,7 +11,7 @@ from datetime import datetime, timezone
 
 import apsw
 
-from .._constants import MIGRATIONS_TABLE
+from .._ledger import MIGRATIONS_TABLE, schema_version, table_exists
 from .model import AppliedMigration, Migration
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "read_applied",
     "record",
     "remove",
+    "schema_version",
     "set_checksum",
     "sync_user_version",
     "table_exists",
@@ -42,14 +44,6 @@ def as_int(value: object) -> int:
     if isinstance(value, tuple):
         value = value[0] if value else None
     return int(value) if isinstance(value, (int, float, str)) else 0
-
-
-def table_exists(connection: apsw.Connection) -> bool:
-    """True when the bookkeeping table exists."""
-    found = connection.execute(
-        "SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?", (MIGRATIONS_TABLE,)
-    ).get
-    return found is not None
 
 
 def ensure_table(connection: apsw.Connection) -> None:
@@ -89,6 +83,6 @@ def set_checksum(connection: apsw.Connection, version: int, checksum: str) -> No
 
 def sync_user_version(connection: apsw.Connection) -> int:
     """Set ``PRAGMA user_version`` to the highest applied version and return it."""
-    value = as_int(connection.execute(f"SELECT coalesce(max(version), 0) FROM {MIGRATIONS_TABLE}").get)
+    value = schema_version(connection)
     connection.execute(f"PRAGMA user_version = {value}")
     return value

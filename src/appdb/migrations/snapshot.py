@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import apsw
 
 from .._connect import configure_connection
-from .._constants import MIGRATIONS_TABLE
+from .._ledger import MIGRATIONS_TABLE
 from ..database import AppDatabase
 from .ledger import as_int
 
