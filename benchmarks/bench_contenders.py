@@ -125,12 +125,8 @@ class AppdbContender(Contender):
         import appdb
         from appdb import _select
 
-        saved = _select.impl
-        _select.impl = self.module  # the facade picks its twin when it is built
-        try:
-            self.db = appdb.init_database(path)
-        finally:
-            _select.impl = saved
+        with _select.using("cython" if self.module.__name__ == "appdb._fastcache" else "python"):
+            self.db = appdb.init_database(path)  # the facade picks its twin when it is built
         actual = type(self.db.prepare("SELECT 1")).__module__
         if actual != self.twin:
             raise RuntimeError(f"{self.label} runs on {actual}, expected {self.twin}")

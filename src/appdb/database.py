@@ -156,11 +156,16 @@ class AppDatabase:
         Re-entrant. Reads of other threads keep running on the reader pool; this
         thread's statements inside the block run on the writer.
         """
-        connection = self._core.acquire_writer()
+        core = self._core
+        connection = core.acquire_writer()
         try:
             yield connection
         finally:
-            self._core.release_writer()
+            if core.lock.depth() == 1 and not core.closed:
+                # A transaction begun with SQL in the block (exec("BEGIN") inside it) keeps
+                # every statement on the writer once the block ends, until it is over.
+                core.raw_transaction = connection.in_transaction
+            core.release_writer()
 
     def pool_status(self) -> PoolStatus:
         """How many readers are open and busy, and whether an idle connection holds a snapshot.
