@@ -158,6 +158,7 @@ class DatabaseCore:
         "begin_sql",
         "closed",
         "cond",
+        "deadlines_active",
         "epoch",
         "forks",
         "handed",
@@ -214,6 +215,7 @@ class DatabaseCore:
         self.raw_transaction = False
         self.query_timeout = query_timeout
         self.limits_active = 0 if query_timeout is None else 1
+        self.deadlines_active = self.limits_active
         self._capacity = capacity
         self._cache: dict[Any, Statement] = {}
         self._cache_lock = threading.Lock()
@@ -308,13 +310,18 @@ class DatabaseCore:
         return self.max_readers != 0 and not self.raw_transaction and not self.lock.owned()
 
     # -- limits ----------------------------------------------------------------
-    def limits_enter(self) -> None:
+    def limits_enter(self, deadline: bool = False) -> None:
+        """A limit opens: calls look at ``appdb._limits`` (only short reads skip it without a deadline)."""
         with self._cache_lock:
             self.limits_active += 1
+            if deadline:
+                self.deadlines_active += 1
 
-    def limits_exit(self) -> None:
+    def limits_exit(self, deadline: bool = False) -> None:
         with self._cache_lock:
             self.limits_active -= 1
+            if deadline:
+                self.deadlines_active -= 1
 
     # -- the statement cache -------------------------------------------------------
     def prepare(self, sql: str, *, row_type: str | None = None) -> Statement:
@@ -654,7 +661,10 @@ class Statement:
 
     def _call_reader(self, kind: int, bindings: Any) -> Any:
         core = self._core
-        token = _limits.start(core, False, self._short) if core.limits_active else None
+        short = self._short
+        # A short read needs a token only for a deadline (no budget, nothing to cancel).
+        limited = core.deadlines_active if short else core.limits_active
+        token = _limits.start(core, False, short) if limited else None
         if core.closed:
             raise _closed_error(core.path)
         try:

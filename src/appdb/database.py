@@ -276,11 +276,11 @@ class AppDatabase:
             deadline, seconds = parent.deadline, parent.seconds or seconds
         limit = _limits.Limit(core, deadline, seconds, parent=_limits.current.get())
         token = _limits.current.set(limit)
-        core.limits_enter()
+        core.limits_enter(deadline=True)
         try:
             yield
         finally:
-            core.limits_exit()
+            core.limits_exit(deadline=True)
             _limits.current.reset(token)
 
     # -- maintenance -----------------------------------------------------------
