@@ -8,9 +8,11 @@ WAL database file in the test's temporary folder.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -69,3 +71,26 @@ def open_snapshots(db: appdb.AppDatabase) -> int:
     """Read snapshots still open on any of ``db``'s connections (busy readers included)."""
     status = db.pool_status()
     return status.busy + status.snapshots
+
+
+#: Seconds after which a blocked call counts as a hang (never reached when all is well).
+HANG = 10.0
+
+
+def in_thread(fn: Callable[[], Any], timeout: float = HANG, hung: str = "the call hung") -> Any:
+    """Run ``fn`` in another thread and return its result or raise its error; fail if it hangs."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), hung
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")

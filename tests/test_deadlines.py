@@ -22,7 +22,7 @@ import apsw
 import pytest
 
 import appdb
-from conftest import open_snapshots
+from conftest import in_thread, open_snapshots
 
 ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
 ENDLESS_ROWS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c"
@@ -41,21 +41,7 @@ HANG = 10.0  # a statement that should have been interrupted and is still runnin
 
 def bounded(fn: Callable[[], Any], timeout: float = HANG) -> Any:
     """Run ``fn`` in another thread; return its result or raise its error; fail if it hangs."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), "the statement was never interrupted"
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
+    return in_thread(fn, timeout, hung="the statement was never interrupted")
 
 
 def timed_out(fn: Callable[[], Any]) -> appdb.QueryTimeout:

@@ -21,7 +21,7 @@ import apsw
 import pytest
 
 import appdb
-from conftest import open_snapshots
+from conftest import in_thread, open_snapshots
 
 HANG = 10.0  # seconds after which a blocked call counts as a hang (never reached when all is well)
 
@@ -49,25 +49,6 @@ def ldb(impl: ModuleType, db_path: Path) -> Iterator[appdb.AppDatabase]:
     )
     yield database
     database.close()
-
-
-def in_thread(fn: Callable[[], Any], timeout: float = HANG, hung: str = "the call hung") -> Any:
-    """Run ``fn`` in another thread and return its result; fail if it does not return in time."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), hung
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
 
 
 def start_threads(targets: list[Callable[[], None]]) -> tuple[list[threading.Thread], list[BaseException]]:
