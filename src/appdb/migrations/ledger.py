@@ -15,6 +15,7 @@ from .._ledger import MIGRATIONS_TABLE, schema_version, table_exists
 from .model import AppliedMigration, Migration
 
 __all__ = [
+    "USER_VERSION_MAX",
     "ensure_table",
     "read_applied",
     "record",
@@ -23,7 +24,11 @@ __all__ = [
     "set_checksum",
     "sync_user_version",
     "table_exists",
+    "user_version",
 ]
+
+#: The largest value ``PRAGMA user_version`` can hold (a signed 32-bit integer).
+USER_VERSION_MAX = 2**31 - 1
 
 _CREATE = f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
     version INTEGER PRIMARY KEY,
@@ -81,8 +86,26 @@ def set_checksum(connection: apsw.Connection, version: int, checksum: str) -> No
     connection.execute(f"UPDATE {MIGRATIONS_TABLE} SET checksum = ? WHERE version = ?", (checksum, version))
 
 
+def user_version(connection: apsw.Connection) -> int:
+    """What ``PRAGMA user_version`` holds for the applied migrations (a signed 32-bit value).
+
+    The highest applied version that fits in ``USER_VERSION_MAX``, plus one for each
+    applied version that does not (timestamps such as ``20151129054053``), at most
+    ``USER_VERSION_MAX``. With small versions only, that is the highest applied
+    version; applying a migration never lowers it, rolling one back never raises it.
+    """
+    if not table_exists(connection):
+        return 0
+    small, large = connection.execute(
+        f"SELECT coalesce(max(CASE WHEN version <= ?1 THEN version END), 0), "
+        f"coalesce(sum(version > ?1), 0) FROM main.{MIGRATIONS_TABLE}",
+        (USER_VERSION_MAX,),
+    ).fetchall()[0]
+    return min(as_int(small) + as_int(large), USER_VERSION_MAX)
+
+
 def sync_user_version(connection: apsw.Connection) -> int:
-    """Set ``PRAGMA user_version`` to the highest applied version and return it."""
-    value = schema_version(connection)
+    """Set ``PRAGMA user_version`` by the rule of :func:`user_version` and return it."""
+    value = user_version(connection)
     connection.execute(f"PRAGMA user_version = {value}")
     return value

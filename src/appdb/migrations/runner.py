@@ -14,6 +14,7 @@ import apsw
 from ..database import AppDatabase
 from ..errors import DestructiveMigrationError, MigrationError
 from . import ledger
+from .adopt import read_ledger, to_adopt
 from .detection import Watcher, capture, diff
 from .discovery import MigrationSource, resolve_migrations
 from .model import AppliedMigration, Finding, Migration, MigrationResult, Status, Step, ValidationReport
@@ -147,6 +148,39 @@ class MigrationRunner:
         for item in repaired:
             logger.warning("re-recorded the checksum of migration %s (%s)", item.version, item.name)
         return repaired
+
+    def adopt(self, migrations: MigrationSource, source: str = "auto") -> list[AppliedMigration]:
+        """Record as applied, without running them, the migrations another tool recorded.
+
+        ``source`` is ``"auto"`` (the one tool whose table is in the database) or one of
+        ``"dbmate"``, ``"goose"``, ``"sqlx"``, ``"golang-migrate"``, ``"diesel"``. Every
+        row and ``user_version`` commit in one transaction under the write lock; the
+        other tool's table is only read. Versions appdb already recorded are skipped
+        (adopting twice records nothing new), and a changed applied file raises as in
+        ``run_migrations``. ``MigrationError``, with nothing recorded, when the table
+        is missing or ambiguous, says a migration failed or is dirty, or names a
+        version that has no migration here. Returns the migrations recorded now.
+        """
+        ordered = resolve_migrations(migrations)
+        self._check_writable("adopt another tool's migrations")
+        self._check_checksums(ordered, repair=False)
+        with self.db.writer(), self._locked("adopting another tool's migrations", "did not happen"):
+            connection = self.db.connection
+            foreign = read_ledger(connection, source)
+            recorded = {a.version for a in ledger.read_applied(connection)}
+            chosen = to_adopt(foreign, ordered, recorded)
+            if chosen:
+                ledger.ensure_table(connection)
+                for migration in chosen:
+                    ledger.record(connection, migration, 0.0)
+                ledger.sync_user_version(connection)
+            versions = {m.version for m in chosen}
+            adopted = [a for a in ledger.read_applied(connection) if a.version in versions]
+        for item in adopted:
+            logger.info(
+                "adopted migration %s (%s) from %s without running it", item.version, item.name, foreign.label
+            )
+        return adopted
 
     # -- applying --------------------------------------------------------------
     def run_migrations(
@@ -326,10 +360,22 @@ class MigrationRunner:
 
     @contextmanager
     def _write_lock(self, migration: Migration, direction: Direction, *, ran: bool = False) -> Iterator[None]:
+        """A ``BEGIN IMMEDIATE`` transaction for one migration step (see :meth:`_locked`)."""
+        what = (
+            "ran outside a transaction but could not be recorded"
+            if ran
+            else "did not run (nothing was changed by it)"
+        )
+        with self._locked(_head(migration, direction), what):
+            yield
+
+    @contextmanager
+    def _locked(self, subject: str, what: str) -> Iterator[None]:
         """A ``BEGIN IMMEDIATE`` transaction, waiting up to ``lock_wait`` for another writer.
 
         ``BEGIN IMMEDIATE`` itself waits ``busy_timeout``; while it keeps failing with
-        ``BusyError`` (another process is applying a long migration), try again.
+        ``BusyError`` (another process is applying a long migration), try again. Past
+        ``lock_wait``, ``MigrationError`` says ``f"{subject} {what}"`` and why.
         """
         deadline: float | None = None
         while True:
@@ -348,18 +394,13 @@ class MigrationRunner:
                     logger.warning(
                         "%s waits for the write lock of %r: another process or connection holds it "
                         "(probably applying migrations); waiting up to %.0f s",
-                        _head(migration, direction),
+                        subject,
                         self.db.path,
                         self.lock_wait,
                     )
                 if now >= deadline:
-                    what = (
-                        "ran outside a transaction but could not be recorded"
-                        if ran
-                        else "did not run (nothing was changed by it)"
-                    )
                     raise _LockedOut(
-                        f"{_head(migration, direction)} {what}: the database {self.db.path!r} stayed "
+                        f"{subject} {what}: the database {self.db.path!r} stayed "
                         f"locked by another process or connection for {self.lock_wait:g} s (it may still "
                         "be applying migrations). Start again once the other one is done"
                     ) from exc
