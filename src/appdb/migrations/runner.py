@@ -14,7 +14,7 @@ import apsw
 from ..database import AppDatabase
 from ..errors import DestructiveMigrationError, MigrationError
 from . import ledger
-from .adopt import read_ledger, to_adopt
+from .adopt import find_sources, read_ledger, to_adopt
 from .detection import Watcher, capture, diff
 from .discovery import MigrationSource, resolve_migrations
 from .model import AppliedMigration, Finding, Migration, MigrationResult, Status, Step, ValidationReport
@@ -148,6 +148,11 @@ class MigrationRunner:
         for item in repaired:
             logger.warning("re-recorded the checksum of migration %s (%s)", item.version, item.name)
         return repaired
+
+    def ledger_sources(self) -> list[str]:
+        """The other tools whose migration tables are in the database (what ``adopt`` reads)."""
+        with self.db.transaction(mode="deferred"):
+            return find_sources(self.db.connection)
 
     def adopt(self, migrations: MigrationSource, source: str = "auto") -> list[AppliedMigration]:
         """Record as applied, without running them, the migrations another tool recorded.
