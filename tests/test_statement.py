@@ -149,7 +149,7 @@ def test_unsupported_value_type_names_the_parameter(small: appdb.AppDatabase) ->
         stmt.get(id=1, name={"a"})
     assert "set" in str(info.value)
     with pytest.raises(TypeError, match="parameter 2"):
-        small.prepare("SELECT ?, ?").get(1, object())
+        small.prepare("SELECT ? AS a, ? AS b").get(1, object())
 
 
 def test_no_statement_left_active(small: appdb.AppDatabase) -> None:

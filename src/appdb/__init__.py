@@ -11,9 +11,11 @@ from ._select import IMPLEMENTATION, Statement
 from ._types import CacheStats, CheckpointResult, PoolStatus, RunResult
 from .database import AppDatabase, Transaction
 from .errors import (
+    ConversionError,
     DatabaseClosedError,
     DatabaseOpenError,
     DestructiveMigrationError,
+    DuplicateColumnError,
     Error,
     InvalidPragmaError,
     MigrationError,
@@ -31,9 +33,11 @@ __all__ = [
     "AppDatabase",
     "CacheStats",
     "CheckpointResult",
+    "ConversionError",
     "DatabaseClosedError",
     "DatabaseOpenError",
     "DestructiveMigrationError",
+    "DuplicateColumnError",
     "Error",
     "InvalidPragmaError",
     "MigrationError",

@@ -17,6 +17,7 @@ import apsw
 from ._walguard import install_wal_guard
 from .errors import DatabaseOpenError
 from .pragmas import WRITE_PRAGMAS, pragma_sql
+from .types import TypeMap
 
 __all__ = ["ConnectionSpec", "configure_connection", "open_connection"]
 
@@ -38,6 +39,7 @@ class ConnectionSpec:
     pragmas: Mapping[str, object] = field(default_factory=dict)
     statement_cache_size: int = 256
     on_connect: OnConnect | None = None
+    types: TypeMap | None = None
 
 
 # -- the policies ------------------------------------------------------------------
@@ -84,6 +86,11 @@ def apply_pragmas(
         execute_patiently(connection, pragma_sql(name, value), deadline)
 
 
+def value_types(connection: apsw.Connection, types: TypeMap) -> None:
+    """Bind values SQLite does not store natively through ``types`` (APSW asks only for those)."""
+    connection.convert_binding = types.bind
+
+
 def reader_only(connection: apsw.Connection) -> None:
     """A pool reader can never write, whatever SQL reaches it."""
     connection.execute("PRAGMA query_only = 1")
@@ -99,12 +106,14 @@ def configure_connection(
     path: str = "",
     on_connect: OnConnect | None = None,
     wal_guard: bool | None = None,
+    types: TypeMap | None = None,
 ) -> None:
     """Apply appdb's policies and ``pragmas`` to ``connection`` (every connection appdb uses).
 
     ``reader`` marks a pool reader (``query_only``, no WAL guard); ``readonly`` a
     connection that must never write the file. ``on_connect`` runs last (user
-    functions, collations, extra pragmas). Errors reading the file become
+    functions, collations, extra pragmas). ``types`` (``appdb.types.TypeMap``) adapts
+    values SQLite does not store natively. Errors reading the file become
     ``DatabaseOpenError`` naming ``path``.
     """
     defensive(connection)
@@ -122,6 +131,8 @@ def configure_connection(
         ) from exc
     except (apsw.CantOpenError, apsw.IOError, apsw.PermissionsError, apsw.ReadOnlyError) as exc:
         raise DatabaseOpenError(f"cannot open database {path!r}: {exc}") from exc
+    if types is not None:
+        value_types(connection, types)
     if reader:
         reader_only(connection)
     if wal_guard if wal_guard is not None else not (readonly or reader):
@@ -150,6 +161,7 @@ def open_connection(spec: ConnectionSpec, *, reader: bool = False) -> apsw.Conne
             reader=reader,
             path=spec.path,
             on_connect=spec.on_connect,
+            types=spec.types,
         )
     except BaseException:
         connection.close(True)

@@ -16,6 +16,7 @@ import apsw
 from typing_extensions import disjoint_base
 
 from ._types import CacheStats, RunResult
+from .types import TypeMap
 
 __all__ = ["ConnectionLock", "DatabaseCore", "RowIterator", "Slot", "Statement"]
 
@@ -72,6 +73,7 @@ class DatabaseCore:
         readers: int = 0,
         opener: Callable[[bool], apsw.Connection] | None = None,
         query_timeout: float | None = None,
+        types: TypeMap | None = None,
     ) -> None: ...
     @property
     def path(self) -> str: ...
@@ -85,6 +87,8 @@ class DatabaseCore:
     def max_readers(self) -> int: ...
     @property
     def query_timeout(self) -> float | None: ...
+    @property
+    def types(self) -> TypeMap | None: ...
     @property
     def limits_active(self) -> int: ...
     @property

@@ -61,13 +61,13 @@ from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import apsw
 
 from . import _batch, _limits, _pool
 from ._fork import leak
-from ._sqlinfo import binding_error, describe, extra_names_error, needs_writer
+from ._sqlinfo import binding_error, describe, duplicate_columns_error, extra_names_error, needs_writer
 from ._types import CacheStats, RunResult
 from .errors import DatabaseClosedError
 
@@ -77,6 +77,7 @@ cdef object _BindingsError = apsw.BindingsError
 cdef object _apsw_Error = apsw.Error
 cdef object _SQLError = apsw.SQLError
 cdef object _Mapping = Mapping
+cdef object _Sequence = Sequence
 cdef object _RunResult = RunResult
 cdef object _monotonic = time.monotonic
 cdef object _limits_start = _limits.start
@@ -332,6 +333,7 @@ cdef class DatabaseCore:
     cdef public long long forks
     cdef public bint raw_transaction
     cdef readonly object query_timeout
+    cdef readonly object types
     cdef readonly Py_ssize_t limits_active
     cdef readonly Py_ssize_t deadlines_active
     cdef object _changes
@@ -348,7 +350,7 @@ cdef class DatabaseCore:
 
     def __init__(
         self, connection, str path, Py_ssize_t capacity, row_type, str begin_sql, *,
-        Py_ssize_t readers=0, opener=None, query_timeout=None,
+        Py_ssize_t readers=0, opener=None, query_timeout=None, types=None,
     ):
         if capacity < 0:
             raise ValueError(f"statement_cache_size must be >= 0, not {capacity}")
@@ -376,6 +378,7 @@ cdef class DatabaseCore:
         self.forks = _forks
         self.raw_transaction = False
         self.query_timeout = query_timeout
+        self.types = types
         self.limits_active = 0 if query_timeout is None else 1
         self.deadlines_active = self.limits_active
         self._capacity = capacity
@@ -595,6 +598,7 @@ cdef class Statement:
     cdef DatabaseCore _core
     cdef str _sql
     cdef tuple _columns
+    cdef object _convert  # appdb.types' row converter, or None (no column converts)
     cdef tuple _names
     cdef frozenset _named
     cdef Py_ssize_t _n_named
@@ -632,6 +636,14 @@ cdef class Statement:
         """(Re)read what SQLite says about the statement; the caller holds ``connection``."""
         cdef long long generation = self._core._generation
         info = describe(connection, self._sql)
+        if self._as_dict:
+            duplicates = duplicate_columns_error(self._sql, info.columns)
+            if duplicates is not None:
+                raise duplicates
+        types = self._core.types
+        self._convert = (
+            None if types is None else types.row_converter(self._sql, info.columns, info.declared_types)
+        )
         self._columns = info.columns
         self._names = info.parameter_names
         self._named = frozenset(n for n in info.parameter_names if n is not None and not n.isdigit())
@@ -804,6 +816,8 @@ cdef class Statement:
         cdef dict d
         cdef Py_ssize_t i, n
         if not self._as_dict:
+            if self._convert is not None:
+                return self._converted(row, connection)
             return row
         values = <tuple>row
         columns = self._columns
@@ -811,10 +825,20 @@ cdef class Statement:
         if n != PyTuple_GET_SIZE(columns):
             self._describe(connection, False)  # the schema changed under us (another connection)
             columns = self._columns
+        if self._convert is not None:
+            values = <tuple>self._convert(values)
         d = appdb_new_dict(n)
         for i in range(n):
             PyDict_SetItem(d, <object>PyTuple_GET_ITEM(columns, i), <object>PyTuple_GET_ITEM(values, i))
         return d
+
+    cdef object _converted(self, object row, object connection):
+        """``row`` through the type map's converters (only statements that have some)."""
+        if PyTuple_GET_SIZE(<tuple>row) != PyTuple_GET_SIZE(self._columns):
+            self._describe(connection, False)
+        if self._convert is None:
+            return row
+        return self._convert(row)
 
     cdef inline object _execute(
         self, int kind, object cursor, object execute, Py_ssize_t index, object connection, object bindings
@@ -838,7 +862,7 @@ cdef class Statement:
         elif kind == _ALL:
             rows = execute(self._sql, bindings).fetchall()
             n = PyList_GET_SIZE(rows)
-            if self._as_dict and n:
+            if (self._as_dict or self._convert is not None) and n:
                 for i in range(n):
                     rows[i] = self._row(<object>PyList_GET_ITEM(rows, i), connection)
             result = rows
@@ -846,6 +870,8 @@ cdef class Statement:
             execute(self._sql, bindings)
             row = self._first_row(cursor, index)
             if kind == _SCALAR:
+                if row is not None and self._convert is not None:
+                    row = self._converted(row, connection)
                 result = None if row is None or len(row) == 0 else row[0]
             else:
                 result = None if row is None else self._row(row, connection)
@@ -1106,8 +1132,8 @@ cdef class _CheckedMany:
             if len(item) > self._statement._n_named:
                 raise extra_names_error(self._statement._sql, self._statement._names, item)
             return item
-        if isinstance(item, _SINGLE_VALUES):
-            return (item,)
+        if isinstance(item, _SINGLE_VALUES) or not isinstance(item, _Sequence):
+            return (item,)  # one value: a set or an unknown object fails naming parameter 1
         return item
 
 

@@ -12,24 +12,28 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from threading import get_ident
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apsw
 
 from . import _batch, _limits, _pool
 from ._fork import leak
-from ._sqlinfo import binding_error, describe, extra_names_error, needs_writer
+from ._sqlinfo import binding_error, describe, duplicate_columns_error, extra_names_error, needs_writer
 from ._types import CacheStats, RunResult
 from .errors import DatabaseClosedError
+
+if TYPE_CHECKING:
+    from .types import TypeMap
 
 __all__ = ["ConnectionLock", "DatabaseCore", "RowIterator", "Slot", "Statement"]
 
 _ROW_TYPES = ("dict", "tuple")
 _SCALARS = (int, str, float, bytes, type(None))
-#: Single values (not sequences of values) accepted as one ``run_many`` item.
+#: Single values (not sequences of values) accepted as one ``run_many`` item; so is
+#: anything that is neither a sequence nor a mapping (a date with a type map, say).
 _SINGLE_VALUES = (int, str, float, bytes, bytearray, memoryview, type(None))
 _new_run_result = tuple.__new__
 
@@ -173,6 +177,7 @@ class DatabaseCore:
         "raw_transaction",
         "row_type",
         "slots",
+        "types",
         "waiters",
         "writer",
     )
@@ -188,6 +193,7 @@ class DatabaseCore:
         readers: int = 0,
         opener: Callable[[bool], apsw.Connection] | None = None,
         query_timeout: float | None = None,
+        types: TypeMap | None = None,
     ) -> None:
         if capacity < 0:
             raise ValueError(f"statement_cache_size must be >= 0, not {capacity}")
@@ -214,6 +220,7 @@ class DatabaseCore:
         self.forks = _forks
         self.raw_transaction = False
         self.query_timeout = query_timeout
+        self.types = types
         self.limits_active = 0 if query_timeout is None else 1
         self.deadlines_active = self.limits_active
         self._capacity = capacity
@@ -414,6 +421,7 @@ class Statement:
         "_busy",
         "_changes_schema",
         "_columns",
+        "_convert",
         "_core",
         "_cursors",
         "_epoch",
@@ -444,6 +452,14 @@ class Statement:
         """(Re)read what SQLite says about the statement; the caller holds ``connection``."""
         generation = self._core._generation
         info = describe(connection, self._sql)
+        if self._as_dict:
+            duplicates = duplicate_columns_error(self._sql, info.columns)
+            if duplicates is not None:
+                raise duplicates
+        types = self._core.types
+        self._convert = (
+            None if types is None else types.row_converter(self._sql, info.columns, info.declared_types)
+        )
         self._columns = info.columns
         self._names = info.parameter_names
         self._named = frozenset(n for n in info.parameter_names if n is not None and not n.isdigit())
@@ -595,8 +611,19 @@ class Statement:
             if len(row) != len(columns):
                 self._describe(connection)  # the schema changed under us (another connection)
                 columns = self._columns
+            if self._convert is not None:
+                row = self._convert(row)
             return dict(zip(columns, row))
+        if self._convert is not None:
+            return self._converted(row, connection)
         return row
+
+    def _converted(self, row: Any, connection: apsw.Connection) -> Any:
+        """``row`` through the type map's converters (only statements that have some)."""
+        if len(row) != len(self._columns):
+            self._describe(connection)
+        convert = self._convert
+        return row if convert is None else convert(row)
 
     def _execute(
         self, kind: int, cursor: apsw.Cursor, index: int, connection: apsw.Connection, bindings: Any
@@ -615,12 +642,20 @@ class Statement:
                 if len(rows[0]) != len(columns):
                     self._describe(connection)
                     columns = self._columns
-                rows = [dict(zip(columns, row)) for row in rows]
+                convert = self._convert
+                if convert is not None:
+                    rows = [dict(zip(columns, convert(row))) for row in rows]
+                else:
+                    rows = [dict(zip(columns, row)) for row in rows]
+            elif self._convert is not None and rows:
+                rows = [self._converted(row, connection) for row in rows]
             result = rows
         else:
             cursor.execute(self._sql, bindings)
             row = self._first_row(cursor, index)
             if kind == _SCALAR:
+                if row is not None and self._convert is not None:
+                    row = self._converted(row, connection)
                 result = None if row is None or len(row) == 0 else row[0]
             else:
                 result = None if row is None else self._row(row, connection)
@@ -894,8 +929,8 @@ def _checked_items(statement: Statement, iterator: Iterator[Any]) -> Iterator[An
             if len(item) > len(statement._named):
                 raise extra_names_error(statement._sql, statement._names, item)
             yield item
-        elif isinstance(item, _SINGLE_VALUES):
-            yield (item,)
+        elif isinstance(item, _SINGLE_VALUES) or not isinstance(item, Sequence):
+            yield (item,)  # one value: a set or an unknown object fails naming parameter 1
         else:
             yield item
 

@@ -15,6 +15,7 @@ from .database import AppDatabase
 from .errors import DatabaseOpenError
 from .migrations import apply_on_open
 from .pragmas import validate_pragmas
+from .types import TypeMap
 
 if TYPE_CHECKING:
     from .migrations import Migration
@@ -67,6 +68,7 @@ def init_database(
     readers: int | None = None,
     query_timeout: float | None = None,
     on_connect: OnConnect | None = None,
+    types: TypeMap | None = None,
 ) -> AppDatabase:
     """Open (creating if needed) a tuned SQLite database and apply its migrations.
 
@@ -82,6 +84,8 @@ def init_database(
     ``:memory:`` databases always use one). ``query_timeout`` bounds every
     statement in seconds (``appdb.QueryTimeout``). ``on_connect(connection)`` runs
     on every connection appdb opens (register functions and collations there).
+    ``types`` (for example ``appdb.types.standard()``) binds everyday Python values
+    and converts columns by declared type; a copy is taken.
     """
     text = os.fspath(path)
     if not isinstance(text, str):
@@ -91,6 +95,10 @@ def init_database(
         raise TypeError(f"vfs must be the name of a registered VFS (str), not {type(vfs).__name__}")
     if on_connect is not None and not callable(on_connect):
         raise TypeError(f"on_connect must be callable, not {type(on_connect).__name__}")
+    if types is not None:
+        if not isinstance(types, TypeMap):
+            raise TypeError(f"types must be an appdb.types.TypeMap, not {type(types).__name__}")
+        types = types.copy()  # later changes to the caller's map do not reach this database
     settings = validate_pragmas(pragmas)
     memory = text in (":memory:", "")
     if not memory:
@@ -103,6 +111,7 @@ def init_database(
         pragmas=settings,
         statement_cache_size=statement_cache_size,
         on_connect=on_connect,
+        types=types,
     )
     connection = open_connection(spec)
     db = AppDatabase(
@@ -114,6 +123,7 @@ def init_database(
         readers=pool_size,
         opener=partial(_open_more, spec),
         query_timeout=query_timeout,
+        types=types,
     )
     if run_migrations and migrations is not None:
         try:

@@ -11,7 +11,16 @@ from typing import Any, NamedTuple
 
 import apsw
 
-__all__ = ["StatementInfo", "binding_error", "describe", "extra_names_error", "needs_writer"]
+from .errors import ConversionError, DuplicateColumnError
+
+__all__ = [
+    "StatementInfo",
+    "binding_error",
+    "describe",
+    "duplicate_columns_error",
+    "extra_names_error",
+    "needs_writer",
+]
 
 
 class StatementInfo(NamedTuple):
@@ -35,6 +44,9 @@ class StatementInfo(NamedTuple):
     #: The program has no loop (a lookup by primary or unique key, an expression):
     #: its work is a few microseconds whatever the table's size.
     short: bool = False
+    #: Each result column's declared type (None for expressions): ``appdb.types``
+    #: converters are chosen by it.
+    declared_types: tuple[str | None, ...] = ()
 
 
 #: Opcodes that may follow the one ``ResultRow`` of a program that yields at most one
@@ -135,8 +147,10 @@ def _trace(connection: apsw.Connection, sql: str) -> tuple[StatementInfo | None,
     def tracer(cursor: apsw.Cursor, first: str, bindings: Any) -> bool:
         info = None
         if cursor.has_vdbe:
+            description = cursor.get_description()
             info = StatementInfo(
-                columns=tuple(d[0] for d in cursor.get_description()),
+                columns=tuple(d[0] for d in description),
+                declared_types=tuple(d[1] for d in description),
                 parameter_names=tuple(cursor.bindings_names),
                 parameter_count=cursor.bindings_count,
                 readonly=bool(cursor.is_readonly),
@@ -205,6 +219,23 @@ def describe(connection: apsw.Connection, sql: str) -> StatementInfo:
     return info._replace(single_row=single_row, changes_schema=changes_schema, short=short)
 
 
+def duplicate_columns_error(sql: str, columns: tuple[str, ...]) -> DuplicateColumnError | None:
+    """The error for dict rows of ``sql`` when result columns share a name (a value would be lost)."""
+    if len(set(columns)) == len(columns):
+        return None
+    seen: set[str] = set()
+    duplicates: list[str] = []
+    for name in columns:
+        if name in seen and name not in duplicates:
+            duplicates.append(name)
+        seen.add(name)
+    return DuplicateColumnError(
+        f"statement {sql!r} returns several columns named {', '.join(repr(d) for d in duplicates)}: "
+        "dict rows would keep only one of their values; give them distinct names with AS "
+        "(SELECT a.name AS a_name, b.name AS b_name ...) or prepare it with row_type='tuple'"
+    )
+
+
 def _display(names: tuple[str | None, ...], index: int) -> str:
     """How to name parameter ``index`` (0-based) in a message."""
     name = names[index] if index < len(names) else None
@@ -262,6 +293,8 @@ def binding_error(
     * an unsupported value type -> ``TypeError`` naming the parameter;
     * an integer outside 64 bits -> ``OverflowError`` naming the parameter.
     """
+    if isinstance(exc, ConversionError) and hasattr(exc, "where"):  # from appdb.types
+        return ConversionError(f"{exc.where} of statement {sql!r}: {getattr(exc, 'detail', exc)}")
     if isinstance(exc, KeyError):
         key = exc.args[0] if exc.args else None
         if key in names:

@@ -25,6 +25,7 @@ from .transaction import MODES, Transaction
 if TYPE_CHECKING:
     from ._fastcache_py import Statement
     from .migrations import MigrationResult
+    from .types import TypeMap
 
 __all__ = ["AppDatabase", "Transaction"]
 
@@ -80,6 +81,7 @@ class AppDatabase:
         readers: int = 0,
         opener: Callable[[bool], apsw.Connection] | None = None,
         query_timeout: float | None = None,
+        types: TypeMap | None = None,
     ) -> None:
         begin = MODES["deferred"] if readonly else MODES["immediate"]
         self._core = _select.impl.DatabaseCore(
@@ -91,6 +93,7 @@ class AppDatabase:
             readers=readers,
             opener=opener,
             query_timeout=query_timeout,
+            types=types,
         )
         self._path = path
         self._readonly = readonly
@@ -115,6 +118,11 @@ class AppDatabase:
     def readonly(self) -> bool:
         """True when opened with ``readonly=True``."""
         return self._readonly
+
+    @property
+    def types(self) -> TypeMap | None:
+        """The ``appdb.types.TypeMap`` values are adapted and converted with, or None."""
+        return self._core.types  # type: ignore[no-any-return]
 
     @property
     def readers(self) -> int:

@@ -8,9 +8,11 @@ subclass ``apsw.Error``.  appdb's own errors subclass :class:`Error`.
 from __future__ import annotations
 
 __all__ = [
+    "ConversionError",
     "DatabaseClosedError",
     "DatabaseOpenError",
     "DestructiveMigrationError",
+    "DuplicateColumnError",
     "Error",
     "InvalidPragmaError",
     "MigrationError",
@@ -21,6 +23,21 @@ __all__ = [
 
 class Error(Exception):
     """Base class of every error raised by appdb itself."""
+
+
+class ConversionError(Error, ValueError):
+    """``appdb.types`` could not turn a value into an SQLite value or back.
+
+    The message names the parameter (binding) or the column (reading) and the value.
+    """
+
+
+class DuplicateColumnError(Error, ValueError):
+    """A statement returning dict rows has two result columns with the same name.
+
+    A dict keeps one value per key, so one of them would be lost; the message names
+    the duplicates. Give them distinct names with ``AS`` or use ``row_type="tuple"``.
+    """
 
 
 class DatabaseClosedError(Error):
