@@ -248,3 +248,83 @@ def test_python_dash_m_appdb(tmp_path: Path) -> None:
         [sys.executable, "-m", "appdb", "nope"], capture_output=True, text=True, env=env, timeout=60
     )
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
+
+
+def test_status_fails_when_an_applied_migration_changed(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(capsys, "migrate")[0] == 0
+    assert cli(capsys, "status")[0] == 0
+    (project / "migrations" / "002_users_name.sql").write_text(
+        "-- migrate:up\nCREATE INDEX users_name ON users (name, email);\n"
+    )
+    code, out, _ = cli(capsys, "status")
+    assert code == 1 and "problem: migration 2 (users_name) changed after it was applied" in out
+    code, data = cli_json(capsys, "status")
+    assert code == 1 and data["ok"] is False and data["problems"]
+    assert cli(capsys, "validate")[0] == cli(capsys, "migrate")[0] == 1
+
+
+def dbmate_database(project: Path) -> Path:
+    """./data/app.db as dbmate leaves it after applying ./migrations' 001 (version '001')."""
+    path = project / "data" / "app.db"
+    with appdb.init_database(path, run_migrations=False) as db:
+        db.exec(
+            'create table if not exists "schema_migrations" (version varchar(128) primary key);'
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, email TEXT);"
+            "insert into \"schema_migrations\" (version) values ('001');"
+        )
+    return path
+
+
+def test_adopt_command(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dbmate_database(project)
+    code, out, _ = cli(capsys, "adopt")
+    assert code == 0
+    assert "users" in out and "recorded at" in out
+    assert "adopted 1 migration(s) from dbmate's schema_migrations without running them" in out
+    assert "the database is at version 1" in out
+    code, data = cli_json(capsys, "adopt", "--from", "dbmate")
+    assert code == 0 and data["adopted"] == [] and data["source"] == "dbmate" and data["version"] == 1
+    code, data = cli_json(capsys, "migrate")
+    assert code == 0 and [(r["version"], r["status"]) for r in data["results"]] == [(2, "applied")]
+
+
+def test_adopt_command_failures(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(capsys, "adopt")
+    assert code == 1 and "does not exist" in err
+    assert not (project / "data" / "app.db").exists()
+    path = dbmate_database(project)
+    with appdb.init_database(path, run_migrations=False) as db:
+        db.exec("insert into \"schema_migrations\" (version) values ('7')")
+    code, data = cli_json(capsys, "adopt")
+    assert code == 1 and "records version(s) 7 with no migration" in data["error"]
+    code, _, err = cli(capsys, "adopt", "--from", "goose")
+    assert code == 1 and "no goose migration table goose_db_version" in err
+    with pytest.raises(SystemExit) as info:
+        main(["adopt", "--from", "flyway"])
+    assert info.value.code == 2 and "invalid choice: 'flyway'" in capsys.readouterr().err
+
+
+def test_appdb_script_imports_a_migrations_package_from_the_working_folder(
+    tmp_path: Path, impl_env: dict[str, str]
+) -> None:
+    script = Path(sys.executable).with_name("appdb")
+    assert script.exists(), f"the appdb console script is not installed next to {sys.executable}"
+    package = tmp_path / "myapp" / "migrations"
+    package.mkdir(parents=True)
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "001_a.sql").write_text("-- migrate:up\nCREATE TABLE a (x);\n")
+    env = dict(impl_env)
+    env.pop("PYTHONPATH", None)  # as a user runs it: nothing but the working folder names ./myapp
+    done = subprocess.run(
+        [str(script), "--db", "app.db", "--migrations", "myapp.migrations", "migrate"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "applied 1 migration(s)" in done.stdout

@@ -1,7 +1,7 @@
 """The ``appdb`` command line: migrations and maintenance of one database file.
 
-Exit codes: 0 ok, 1 failure, 2 usage error, 3 a destructive migration is waiting
-for approval.
+Exit codes: 0 ok, 1 failure (``status`` too when an applied migration's file
+changed), 2 usage error, 3 a destructive migration is waiting for approval.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ._open import init_database
 from .database import AppDatabase
 from .errors import Error
 from .migrations import MigrationResult, MigrationRunner, discover_migrations, verify_migrations
+from .migrations.adopt import SOURCES, TABLES
 from .migrations.discovery import FILE_PATTERN
 from .migrations.model import Migration
 
@@ -95,7 +96,20 @@ def _open_or_empty(args: argparse.Namespace, *, readonly: bool = True) -> tuple[
     return init_database(":memory:", run_migrations=False), False
 
 
+def _cwd_importable() -> None:
+    """Put the working directory first on ``sys.path`` unless it is there, as ``python -m`` does.
+
+    The ``appdb`` script's ``sys.path`` starts with the script's own folder, so without
+    this ``--migrations myapp.migrations`` would not find ``./myapp``.
+    """
+    here = os.path.realpath(os.getcwd())
+    if not any(os.path.realpath(entry or os.curdir) == here for entry in sys.path):
+        sys.path.insert(0, here)
+
+
 def _migrations(args: argparse.Namespace) -> list[Migration]:
+    if not os.path.exists(args.migrations):  # a package name
+        _cwd_importable()
     return discover_migrations(args.migrations)
 
 
@@ -137,9 +151,11 @@ def cmd_status(args: argparse.Namespace) -> Report:
         runner = MigrationRunner(db)
         applied = runner.get_applied_migrations()
         waiting = runner.run_migrations(migrations, dry_run=True)
-        problems = runner.validate(migrations).problems()
+        validation = runner.validate(migrations)
+        problems = validation.problems()
         version = db.get_schema_version()
-    report = Report(exit_code(waiting))
+    # a changed applied file makes `migrate` and `validate` fail, so it fails here too
+    report = Report(EXIT_FAILURE if validation.changed else exit_code(waiting))
     report.data = {
         "database": args.db,
         "exists": exists,
@@ -158,6 +174,35 @@ def cmd_status(args: argparse.Namespace) -> Report:
     report.lines.append(f"{len(applied)} applied, {len(waiting)} pending")
     report.lines += [f"problem: {p}" for p in problems]
     report.lines += _advice(waiting)
+    return report
+
+
+def cmd_adopt(args: argparse.Namespace) -> Report:
+    migrations = _migrations(args)
+    with _open(args, create=False) as db:
+        runner = MigrationRunner(db)
+        source = args.source
+        if source == "auto":  # named for the report; adopt() itself explains none or several
+            found = runner.ledger_sources()
+            source = found[0] if len(found) == 1 else source
+        adopted = runner.adopt(migrations, source=source)
+        version = db.get_schema_version()
+    report = Report(
+        data={
+            "source": source,
+            "table": TABLES[source],
+            "adopted": [a.as_dict() for a in adopted],
+            "version": version,
+        }
+    )
+    if adopted:
+        report.lines += table(
+            ("version", "name", "recorded at"), [(a.version, a.name, a.applied_at) for a in adopted]
+        )
+    report.lines.append(
+        f"adopted {len(adopted)} migration(s) from {source}'s {TABLES[source]} without running them; "
+        f"the database is at version {version}"
+    )
     return report
 
 
@@ -339,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="appdb",
         parents=[common],
         description="Migrate and maintain an appdb SQLite database.",
-        epilog="exit codes: 0 ok, 1 failure, 2 usage error, 3 a destructive migration awaits approval",
+        epilog="exit codes: 0 ok, 1 failure (status: an applied migration changed), 2 usage error, "
+        "3 a destructive migration awaits approval",
     )
     parser.add_argument("--version", action="version", version=f"appdb {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -357,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--repair", action="store_true", help="re-record checksums of changed applied migrations"
     )
     add("status", cmd_status, "applied and pending migrations, with what detection found")
+    sub = add("adopt", cmd_adopt, "record as applied the migrations another tool's table lists")
+    sub.add_argument(
+        "--from",
+        dest="source",
+        choices=("auto", *SOURCES),
+        default="auto",
+        help="the tool whose table to read (default: the one found)",
+    )
     sub = add("rollback", cmd_rollback, "run down steps back to a version")
     sub.add_argument("--to", type=_version, required=True, metavar="V", help="the version to end at")
     sub.add_argument("--allow-destructive", action="store_true", help="approve down steps that destroy data")
