@@ -63,23 +63,61 @@ _LOOP_OPCODES = frozenset(
 )
 
 
+#: Stand-in for an EXPLAIN row whose P4 value is not UTF-8 text (see ``_opcodes``).
+_UNREADABLE = "?"
+#: Consecutive unreadable rows after which the program counts as unreadable (a guard
+#: against an APSW that would raise again for the same row instead of stepping on).
+_MAX_UNREADABLE = 100_000
+
+
+def _opcodes(connection: apsw.Connection, sql: str) -> list[str] | None:
+    """The opcodes of ``sql``'s program in order, or None when it cannot be read.
+
+    EXPLAIN's P4 column shows values as text: a blob literal (``x'ff'``), or a
+    default or literal of the schema the statement reads, can be bytes that are not
+    UTF-8. APSW then raises ``UnicodeDecodeError`` for that row and steps on to the
+    next one, so such a row becomes ``_UNREADABLE``. Only opcodes that load a value
+    (``Blob``, ``String8``, ``Column``'s default, ``Halt``'s message) carry one.
+    """
+    cursor = connection.cursor()
+    opcodes: list[str] = []
+    try:
+        rows = cursor.execute(sql, apsw._null_bindings, can_cache=False, explain=1)  # type: ignore[attr-defined]
+        unreadable = 0
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return opcodes
+            except UnicodeDecodeError:
+                unreadable += 1
+                if unreadable > _MAX_UNREADABLE:
+                    return None
+                opcodes.append(_UNREADABLE)
+                continue
+            unreadable = 0
+            opcodes.extend([_UNREADABLE] * (row[0] - len(opcodes)))  # rows come in address order
+            opcodes.append(row[1])
+    except apsw.Error:
+        return None
+    finally:
+        cursor.close(True)
+
+
 def _program_shape(connection: apsw.Connection, sql: str) -> tuple[bool, bool, bool]:
     """``(single_row, changes_schema, short)`` read from the statement's bytecode (EXPLAIN).
 
     ``single_row`` is conservative: True only for programs with exactly one
     ``ResultRow`` that halts right after it (point lookups by rowid or unique
     key, aggregates without GROUP BY, expressions). ``short``: no loop at all.
+    An unreadable opcode is none of those after ``ResultRow`` and, to stay on the
+    safe side, makes the program not short (schema opcodes never carry a value).
     """
-    cursor = connection.cursor()
-    try:
-        rows = cursor.execute(sql, apsw._null_bindings, can_cache=False, explain=1)  # type: ignore[attr-defined]
-        opcodes = [row[1] for row in rows]
-    except apsw.Error:
+    opcodes = _opcodes(connection, sql)
+    if opcodes is None:
         return False, False, False
-    finally:
-        cursor.close(True)
     changes_schema = not _SCHEMA_OPCODES.isdisjoint(opcodes)
-    short = _LOOP_OPCODES.isdisjoint(opcodes)
+    short = _LOOP_OPCODES.isdisjoint(opcodes) and _UNREADABLE not in opcodes
     if opcodes.count("ResultRow") != 1:
         return False, changes_schema, short
     after = opcodes[opcodes.index("ResultRow") + 1 :]
