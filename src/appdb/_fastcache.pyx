@@ -599,6 +599,7 @@ cdef class Statement:
     cdef str _sql
     cdef tuple _columns
     cdef object _convert  # appdb.types' row converter, or None (no column converts)
+    cdef long long _cookie  # the schema cookie the statement was described at
     cdef tuple _names
     cdef frozenset _named
     cdef Py_ssize_t _n_named
@@ -645,6 +646,7 @@ cdef class Statement:
             None if types is None else types.row_converter(self._sql, info.columns, info.declared_types)
         )
         self._columns = info.columns
+        self._cookie = info.schema_version
         self._names = info.parameter_names
         self._named = frozenset(n for n in info.parameter_names if n is not None and not n.isdigit())
         self._n_named = len(self._named)
@@ -697,8 +699,10 @@ cdef class Statement:
     def columns(self):
         """Result column names (empty for statements that return no rows)."""
         cdef DatabaseCore core = self._core
-        if self._generation != core._generation and not core.closed:
-            self._describe_anywhere()
+        if not core.closed and (
+            self._generation != core._generation or self._cookie != _pool.current_schema_version(core)
+        ):
+            self._describe_anywhere()  # a schema change here, or by another connection
         return self._columns
 
     @property

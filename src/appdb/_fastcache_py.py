@@ -422,6 +422,7 @@ class Statement:
         "_changes_schema",
         "_columns",
         "_convert",
+        "_cookie",
         "_core",
         "_cursors",
         "_epoch",
@@ -461,6 +462,7 @@ class Statement:
             None if types is None else types.row_converter(self._sql, info.columns, info.declared_types)
         )
         self._columns = info.columns
+        self._cookie = info.schema_version
         self._names = info.parameter_names
         self._named = frozenset(n for n in info.parameter_names if n is not None and not n.isdigit())
         self._readonly = info.readonly
@@ -508,8 +510,10 @@ class Statement:
     def columns(self) -> tuple[str, ...]:
         """Result column names (empty for statements that return no rows)."""
         core = self._core
-        if self._generation != core._generation and not core.closed:
-            self._describe_anywhere()
+        if not core.closed and (
+            self._generation != core._generation or self._cookie != _pool.current_schema_version(core)
+        ):
+            self._describe_anywhere()  # a schema change here, or by another connection
         return self._columns
 
     @property

@@ -21,9 +21,29 @@ import apsw
 
 from . import _limits
 from ._fork import leak
+from ._sqlinfo import schema_version
 from .errors import DatabaseClosedError
 
-__all__ = ["after_fork", "checkout_slow", "close_readers", "discard", "hand_over"]
+__all__ = ["after_fork", "checkout_slow", "close_readers", "current_schema_version", "discard", "hand_over"]
+
+
+def current_schema_version(core: Any) -> int:
+    """The schema cookie as this thread would read it now (on a reader, or the writer it holds).
+
+    ``Statement.columns`` compares it with the cookie the statement was described
+    at, so that a column another connection added, dropped or renamed shows at once.
+    """
+    if core.routes_to_reader():
+        slot = core.checkout()
+        try:
+            return schema_version(slot.connection)
+        finally:
+            core.checkin(slot)
+    connection = core.acquire_writer()
+    try:
+        return schema_version(connection)
+    finally:
+        core.release_writer()
 
 
 def _closed(core: Any) -> DatabaseClosedError:

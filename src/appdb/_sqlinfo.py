@@ -20,6 +20,7 @@ __all__ = [
     "duplicate_columns_error",
     "extra_names_error",
     "needs_writer",
+    "schema_version",
 ]
 
 
@@ -47,6 +48,8 @@ class StatementInfo(NamedTuple):
     #: Each result column's declared type (None for expressions): ``appdb.types``
     #: converters are chosen by it.
     declared_types: tuple[str | None, ...] = ()
+    #: The schema cookie (``PRAGMA schema_version``) the statement was described at.
+    schema_version: int = -1
 
 
 #: Opcodes that may follow the one ``ResultRow`` of a program that yields at most one
@@ -215,6 +218,11 @@ def _trace(connection: apsw.Connection, sql: str) -> tuple[StatementInfo | None,
     return found[0]
 
 
+def schema_version(connection: apsw.Connection) -> int:
+    """The schema cookie of ``connection``'s main database (changes with every schema change)."""
+    return int(connection.execute("PRAGMA schema_version").get)
+
+
 def _refresh_schema(connection: apsw.Connection) -> None:
     """Make ``connection`` notice schema changes committed by other connections.
 
@@ -251,6 +259,10 @@ def describe(connection: apsw.Connection, sql: str) -> StatementInfo:
                 "prepare() takes exactly one SQL statement (use exec() for scripts); "
                 f"found more after {consumed.strip()!r}"
             )
+    try:
+        info = info._replace(schema_version=schema_version(connection))
+    except apsw.Error:  # unreadable now (locked, say): the columns are checked again next time
+        pass
     if info.is_explain:
         return info
     single_row, changes_schema, short = _program_shape(connection, sql)
