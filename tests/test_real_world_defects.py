@@ -57,3 +57,21 @@ def test_statements_around_a_blob_literal_keep_their_shape(db: appdb.AppDatabase
     created = db.prepare("CREATE TABLE w (b BLOB DEFAULT x'fffe')")
     created.run()
     assert db.prepare("SELECT * FROM w").columns == ("b",)
+
+
+# -- 4. a closed database answers nothing --------------------------------------------------
+def test_statement_cache_stats_after_close_raises(db: appdb.AppDatabase) -> None:
+    db.prepare("SELECT 1").get()
+    assert db.statement_cache_stats().misses == 1
+    db.close()
+    with pytest.raises(appdb.DatabaseClosedError, match="closed"):
+        db.statement_cache_stats()
+
+
+def test_entering_a_closed_database_raises(db: appdb.AppDatabase) -> None:
+    with db as entered:
+        assert entered is db
+    assert db.closed
+    with pytest.raises(appdb.DatabaseClosedError, match="closed"):
+        with db:
+            pass

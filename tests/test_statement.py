@@ -266,8 +266,9 @@ def test_closed_database(small: appdb.AppDatabase) -> None:
         small.checkpoint,
         lambda: small.pragma("user_version"),
         lambda: small.connection,
+        small.statement_cache_stats,
+        small.__enter__,
     ):
         with pytest.raises(appdb.DatabaseClosedError, match="closed"):
             call()
-    assert small.statement_cache_stats().size == 0
     assert small.closed and not small.is_healthy() and not small.in_transaction

@@ -146,6 +146,7 @@ class AppDatabase:
         return f"<AppDatabase {self._path!r} {state}>"
 
     def __enter__(self) -> AppDatabase:
+        self._check_open()  # a closed database would look usable inside the block
         return self
 
     def __exit__(
@@ -200,6 +201,7 @@ class AppDatabase:
     # -- statements ------------------------------------------------------------
     def statement_cache_stats(self) -> CacheStats:
         """Hits, misses, evictions, size and capacity of the statement cache."""
+        self._check_open()
         return self._core.statement_cache_stats()  # type: ignore[no-any-return]
 
     def clear_statement_cache(self) -> None:
