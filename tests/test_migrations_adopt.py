@@ -300,7 +300,9 @@ def test_source_auto_needs_exactly_one_table(db: appdb.AppDatabase, tmp_path: Pa
     runner = MigrationRunner(db)
     with pytest.raises(appdb.MigrationError, match=r"no other tool's migration table") as info:
         runner.adopt(folder)
-    assert "goose_db_version (goose)" in str(info.value) and "--from auto|dbmate|goose" in str(info.value)
+    assert "goose_db_version (goose)" in str(info.value) and "--from takes auto|dbmate|goose" in str(
+        info.value
+    )
     db.exec(GOOSE + ";" + SQLX)
     assert runner.ledger_sources() == ["goose", "sqlx"]
     with pytest.raises(

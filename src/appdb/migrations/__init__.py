@@ -1,6 +1,6 @@
 """appdb's migration system: discovery, an atomic multi-process-safe runner,
-destructive-change approval with data-loss detection by execution, rollback and
-checksums.
+destructive-change approval with data-loss detection by execution, rollback,
+checksums, and adopting the ledgers of other migration tools.
 """
 
 from __future__ import annotations

@@ -100,8 +100,8 @@ def pick_source(connection: apsw.Connection, source: str) -> str:
         if not found:
             raise MigrationError(
                 f"no other tool's migration table in this database (looked for {tables}, "
-                "and schema_migrations with a dirty column for golang-migrate); nothing to adopt. "
-                f"Name the tool with --from {_choices()} (source=...) if its table is there"
+                "and schema_migrations with a dirty column for golang-migrate), so there is nothing "
+                f"to adopt (--from takes {_choices()})"
             )
         raise MigrationError(
             "the database holds the migration tables of several tools: "
