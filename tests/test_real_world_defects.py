@@ -75,3 +75,24 @@ def test_entering_a_closed_database_raises(db: appdb.AppDatabase) -> None:
     with pytest.raises(appdb.DatabaseClosedError, match="closed"):
         with db:
             pass
+
+
+# -- 6. a named parameter called with no values --------------------------------------------
+def test_named_parameters_without_values_are_named(db: appdb.AppDatabase) -> None:
+    message = "missing value for named parameter :a in statement 'SELECT :a'"
+    for call in (
+        lambda: db.prepare("SELECT :a").get(),
+        lambda: db.prepare("SELECT :a").all(),
+        lambda: db.prepare("SELECT :a").scalar(),
+        lambda: db.prepare("SELECT :a").run(),
+        lambda: list(db.prepare("SELECT :a").iterate()),
+        lambda: db.prepare("SELECT :a").run_many([()]),
+    ):
+        with pytest.raises(apsw.BindingsError) as caught:
+            call()
+        assert message in str(caught.value)
+    with pytest.raises(apsw.BindingsError, match=r"missing values for named parameters :a, :b in statement"):
+        db.prepare("SELECT :a, $b").get()
+    # positional parameters keep saying how many values they take
+    with pytest.raises(apsw.BindingsError, match=r"takes 1 parameter value\(s\)"):
+        db.prepare("SELECT ?").get()

@@ -316,6 +316,18 @@ def _out_of_range(names: tuple[str | None, ...], given: object) -> str | None:
     return None
 
 
+def _missing_names(names: tuple[str | None, ...], given: object) -> str | None:
+    """What is missing when a statement with only named parameters got no values at all."""
+    named = [n for n in names if n is not None and not n.isdigit()]
+    if not named or len(named) != len(names):
+        return None
+    if given is not None and not (isinstance(given, (tuple, list)) and not given):
+        return None
+    if len(named) == 1:
+        return f"missing value for named parameter {_display_name(named[0])}"
+    return f"missing values for named parameters {', '.join(_display_name(n) for n in named)}"
+
+
 def extra_names_error(
     sql: str, names: tuple[str | None, ...], given: Mapping[str, Any]
 ) -> apsw.BindingsError:
@@ -339,7 +351,8 @@ def binding_error(
     """Translate an APSW binding failure into appdb's error, or None if it is not one.
 
     * a missing named value (APSW raises ``KeyError``) -> ``apsw.BindingsError``;
-    * a wrong number of values -> ``apsw.BindingsError`` saying how many are expected;
+    * a wrong number of values -> ``apsw.BindingsError`` saying how many are expected
+      (naming them when a statement with only named parameters got no values);
     * an unsupported value type -> ``TypeError`` naming the parameter;
     * an integer outside 64 bits -> ``OverflowError`` naming the parameter.
     """
@@ -358,6 +371,9 @@ def binding_error(
     if isinstance(exc, apsw.BindingsError):
         message = str(exc)
         if message.startswith("Incorrect number of bindings"):
+            missing = _missing_names(names, given)
+            if missing:
+                return apsw.BindingsError(f"{missing} in statement {sql!r}")
             return apsw.BindingsError(
                 f"statement {sql!r} takes {len(names)} parameter value(s): {message}"
             )
