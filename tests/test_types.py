@@ -306,3 +306,21 @@ def test_a_schema_change_that_creates_duplicates_is_refused_at_the_next_call(db:
     db.exec("ALTER TABLE b ADD COLUMN x")
     with pytest.raises(appdb.DuplicateColumnError, match="'x'"):
         statement.get()
+
+
+def test_migrations_bind_with_the_map_in_dry_runs_too(impl: ModuleType, db_path: Path) -> None:
+    from appdb.migrations import Migration, MigrationRunner
+
+    def seed(database: appdb.AppDatabase) -> None:
+        database.prepare("INSERT INTO holiday (day) VALUES (?)").run(dt.date(2025, 12, 25))
+
+    migrations = [
+        Migration(1, "holiday", "CREATE TABLE holiday (day DATE)"),
+        Migration(2, "seed", seed),
+    ]
+    with appdb.init_database(db_path, types=standard()) as database:
+        runner = MigrationRunner(database)
+        dry = runner.run_migrations(migrations, dry_run=True)
+        assert [r.status for r in dry] == ["pending", "pending"], [r.error for r in dry]
+        assert [r.status for r in runner.run_migrations(migrations)] == ["applied", "applied"]
+        assert database.prepare("SELECT day FROM holiday").scalar() == dt.date(2025, 12, 25)

@@ -11,6 +11,7 @@ import apsw
 from .._connect import configure_connection
 from .._ledger import MIGRATIONS_TABLE
 from ..database import AppDatabase
+from ..types import TypeMap
 from .ledger import as_int
 
 __all__ = ["empty_database", "schema_fingerprint", "snapshot"]
@@ -18,13 +19,13 @@ __all__ = ["empty_database", "schema_fingerprint", "snapshot"]
 _SPACE = re.compile(r"\s+")
 
 
-def _private_connection() -> apsw.Connection:
+def _private_connection(types: TypeMap | None = None) -> apsw.Connection:
     # "" is a private temporary database: kept in memory, spilled to a temporary
     # file by SQLite when it grows, deleted on close.
     # Configured like every other connection (double-quoted strings off included), so a
     # dry run or verify rejects exactly the SQL the real run rejects.
     connection = apsw.Connection("")
-    configure_connection(connection, {}, wal_guard=False)
+    configure_connection(connection, {}, wal_guard=False, types=types)
     return connection
 
 
@@ -37,7 +38,7 @@ def _copy_settings(source: apsw.Connection, target: apsw.Connection) -> None:
 @contextmanager
 def snapshot(db: AppDatabase) -> Iterator[AppDatabase]:
     """A private, writable copy of ``db`` (one consistent snapshot), closed on exit."""
-    target = _private_connection()
+    target = _private_connection(db.types)  # a Python migration binds the same values there
     try:
         with db.transaction(mode="deferred"):  # holds the lock; the copy is one snapshot
             source = db.connection
@@ -47,7 +48,7 @@ def snapshot(db: AppDatabase) -> Iterator[AppDatabase]:
     except BaseException:
         target.close()
         raise
-    copy_db = AppDatabase(target, "", statement_cache_size=32)
+    copy_db = AppDatabase(target, "", statement_cache_size=32, types=db.types)
     try:
         yield copy_db
     finally:
