@@ -138,9 +138,9 @@ def test_new_in_an_empty_project_starts_at_one(tmp_path: Path, capsys: pytest.Ca
     assert info.value.code == 2
 
 
-def test_validate_and_repair(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_status_and_repair(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(capsys, "migrate")[0] == 0
-    assert cli(capsys, "validate")[0] == 0
+    assert cli(capsys, "validate")[0] == cli(capsys, "status")[0] == 0
     (project / "migrations" / "002_users_name.sql").write_text(
         "-- migrate:up\nCREATE INDEX users_name ON users (name);\n"
     )
@@ -148,9 +148,14 @@ def test_validate_and_repair(project: Path, capsys: pytest.CaptureFixture[str]) 
     assert code == 1 and "migration 2 (users_name) changed after it was applied" in out
     code, _, err = cli(capsys, "migrate")
     assert code == 1 and "appdb validate --repair" in err
+    # status fails too, like validate and migrate
+    code, out, _ = cli(capsys, "status")
+    assert code == 1 and "problem: migration 2 (users_name) changed after it was applied" in out
+    code, data = cli_json(capsys, "status")
+    assert code == 1 and data["ok"] is False and len(data["problems"]) == 1
     code, data = cli_json(capsys, "validate", "--repair")
     assert code == 0 and [r["version"] for r in data["repaired"]] == [2]
-    assert cli(capsys, "migrate")[0] == 0
+    assert cli(capsys, "migrate")[0] == cli(capsys, "status")[0] == 0
 
 
 def test_verify_reports_irreversible_migrations(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -219,6 +224,11 @@ def test_usage_errors_exit_with_2(args: list[str], capsys: pytest.CaptureFixture
     assert "usage: appdb" in capsys.readouterr().err
 
 
+def run(command: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``command`` in a child process, its output as text."""
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=60)
+
+
 def test_python_dash_m_appdb(tmp_path: Path) -> None:
     env = dict(os.environ)
     source_root = str(Path(appdb.__file__).resolve().parents[1])
@@ -226,7 +236,7 @@ def test_python_dash_m_appdb(tmp_path: Path) -> None:
     folder = tmp_path / "migrations"
     folder.mkdir()
     (folder / "001_a.sql").write_text(textwrap.dedent("-- migrate:up\nCREATE TABLE a (x);\n"))
-    done = subprocess.run(
+    done = run(
         [
             sys.executable,
             "-m",
@@ -237,32 +247,12 @@ def test_python_dash_m_appdb(tmp_path: Path) -> None:
             str(folder),
             "migrate",
         ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
+        env,
     )
     assert done.returncode == 0, done.stderr
     assert "applied 1 migration(s)" in done.stdout
-    usage = subprocess.run(
-        [sys.executable, "-m", "appdb", "nope"], capture_output=True, text=True, env=env, timeout=60
-    )
+    usage = run([sys.executable, "-m", "appdb", "nope"], env)
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
-
-
-def test_status_fails_when_an_applied_migration_changed(
-    project: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert cli(capsys, "migrate")[0] == 0
-    assert cli(capsys, "status")[0] == 0
-    (project / "migrations" / "002_users_name.sql").write_text(
-        "-- migrate:up\nCREATE INDEX users_name ON users (name, email);\n"
-    )
-    code, out, _ = cli(capsys, "status")
-    assert code == 1 and "problem: migration 2 (users_name) changed after it was applied" in out
-    code, data = cli_json(capsys, "status")
-    assert code == 1 and data["ok"] is False and data["problems"]
-    assert cli(capsys, "validate")[0] == cli(capsys, "migrate")[0] == 1
 
 
 def dbmate_database(project: Path) -> Path:
@@ -318,13 +308,6 @@ def test_appdb_script_imports_a_migrations_package_from_the_working_folder(
     (package / "001_a.sql").write_text("-- migrate:up\nCREATE TABLE a (x);\n")
     env = dict(impl_env)
     env.pop("PYTHONPATH", None)  # as a user runs it: nothing but the working folder names ./myapp
-    done = subprocess.run(
-        [str(script), "--db", "app.db", "--migrations", "myapp.migrations", "migrate"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    done = run([str(script), "--db", "app.db", "--migrations", "myapp.migrations", "migrate"], env, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "applied 1 migration(s)" in done.stdout
