@@ -9,6 +9,7 @@ import apsw
 import pytest
 
 import appdb
+from appdb.migrations import Migration, MigrationRunner
 
 
 # -- 1. statements whose program holds a value that is not UTF-8 text ---------------------
@@ -96,3 +97,29 @@ def test_named_parameters_without_values_are_named(db: appdb.AppDatabase) -> Non
     # positional parameters keep saying how many values they take
     with pytest.raises(apsw.BindingsError, match=r"takes 1 parameter value\(s\)"):
         db.prepare("SELECT ?").get()
+
+
+# -- 7. detection lists what a migration drops before renaming its table -------------------
+def test_an_index_dropped_before_its_table_is_renamed_is_listed(db: appdb.AppDatabase) -> None:
+    db.exec(
+        """
+        CREATE TABLE a (id INTEGER PRIMARY KEY, name TEXT);
+        CREATE INDEX ix ON a (name);
+        CREATE INDEX kept ON a (id, name);
+        CREATE TRIGGER tr AFTER INSERT ON a BEGIN SELECT 1; END;
+        INSERT INTO a (name) VALUES ('x'), ('y');
+        """
+    )
+    migration = Migration(1, "rename", "DROP INDEX ix; DROP TRIGGER tr; ALTER TABLE a RENAME TO b")
+    (dry,) = MigrationRunner(db).run_migrations([migration], dry_run=True)
+    expected = {
+        ("drop_index", "ix", "drops index ix"),
+        ("drop_trigger", "tr", "drops trigger tr"),
+        ("rename_table", "a", "renames table a to b"),
+    }
+    assert {(f.kind, f.table, f.message) for f in dry.detected} == expected
+    assert dry.status == "pending"
+    (real,) = MigrationRunner(db).run_migrations([migration])
+    assert real.status == "applied"
+    assert {(f.kind, f.table, f.message) for f in real.detected} == expected
+    assert db.prepare("SELECT count(*) FROM b").scalar() == 2

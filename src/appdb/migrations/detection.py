@@ -198,10 +198,13 @@ def diff(before: SchemaState, after: SchemaState, watcher: Watcher | None) -> li
             findings.append(_vanished_table(old, created, log))
             continue
         findings.extend(_changed_table(old, new, log))
+    # An index or trigger goes with its table when the table is dropped, never when it is
+    # renamed (it follows the table): one missing after a rename was dropped on its own.
+    renamed = {f.table for f in findings if f.kind == "rename_table"}
     for (kind, name), table in before.objects.items():
         if (kind, name) in after.objects:
             continue
-        if kind in ("index", "trigger") and table not in after.tables:
+        if kind in ("index", "trigger") and table not in after.tables and table not in renamed:
             continue  # went with its table, whose finding says so
         findings.append(Finding(f"drop_{kind}", name, f"drops {kind} {name}", loses_data=False))
     return findings
