@@ -5,6 +5,10 @@ Each test goes through the public API, on both twins, with real files on disk.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from types import ModuleType
+
 import apsw
 import pytest
 
@@ -123,3 +127,21 @@ def test_an_index_dropped_before_its_table_is_renamed_is_listed(db: appdb.AppDat
     assert real.status == "applied"
     assert {(f.kind, f.table, f.message) for f in real.detected} == expected
     assert db.prepare("SELECT count(*) FROM b").scalar() == 2
+
+
+# -- 3. a mistyped migrations path creates nothing -----------------------------------------
+def test_a_mistyped_migrations_path_creates_no_file_or_folder(
+    impl: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "migrations").mkdir()
+    target = tmp_path / "data" / "new.db"
+    with pytest.raises(appdb.MigrationError, match=r"\./migrtions"):
+        appdb.init_database(target, migrations="./migrtions")
+    with pytest.raises(appdb.MigrationError, match="migrtions"):
+        appdb.init_database(target, migrations=tmp_path / "migrtions")
+    assert sorted(os.listdir(tmp_path)) == ["migrations"]
+    # the right path still opens and creates the database
+    with appdb.init_database(target, migrations="./migrations") as db:
+        assert db.migration_results == []
+    assert target.exists()

@@ -13,7 +13,7 @@ from ._connect import ConnectionSpec, OnConnect, open_connection
 from ._files import prepare_file
 from .database import AppDatabase
 from .errors import DatabaseOpenError
-from .migrations import apply_on_open
+from .migrations import apply_on_open, resolve_migrations
 from .pragmas import validate_pragmas
 from .types import TypeMap
 
@@ -100,6 +100,9 @@ def init_database(
             raise TypeError(f"types must be an appdb.types.TypeMap, not {type(types).__name__}")
         types = types.copy()  # later changes to the caller's map do not reach this database
     settings = validate_pragmas(pragmas)
+    # Found and checked before anything is created: a mistyped migrations path must not
+    # leave an empty database file (and its folder) behind.
+    ordered = resolve_migrations(migrations) if run_migrations and migrations is not None else None
     memory = text in (":memory:", "")
     if not memory:
         prepare_file(text, readonly)
@@ -125,9 +128,9 @@ def init_database(
         query_timeout=query_timeout,
         types=types,
     )
-    if run_migrations and migrations is not None:
+    if ordered is not None:
         try:
-            db.migration_results = apply_on_open(db, migrations, allow_destructive=allow_destructive)
+            db.migration_results = apply_on_open(db, ordered, allow_destructive=allow_destructive)
         except BaseException:
             db.close()
             raise
