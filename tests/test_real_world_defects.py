@@ -6,6 +6,7 @@ Each test goes through the public API, on both twins, with real files on disk.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -145,3 +146,74 @@ def test_a_mistyped_migrations_path_creates_no_file_or_folder(
     with appdb.init_database(target, migrations="./migrations") as db:
         assert db.migration_results == []
     assert target.exists()
+
+
+# -- 5. run_many names the item and the parameter that cannot be bound ---------------------
+@pytest.fixture
+def numbers(db: appdb.AppDatabase) -> appdb.AppDatabase:
+    db.exec("CREATE TABLE n (id INTEGER PRIMARY KEY, v)")
+    return db
+
+
+def test_run_many_names_the_item_of_an_unsupported_value(numbers: appdb.AppDatabase) -> None:
+    insert = numbers.prepare("INSERT INTO n (v) VALUES (?)")
+    with pytest.raises(TypeError) as caught:
+        insert.run_many([1, 2, object()])
+    assert str(caught.value).startswith(
+        "run_many item 2: unsupported type 'object' for parameter 1 of statement "
+        "'INSERT INTO n (v) VALUES (?)'"
+    )
+    with pytest.raises(TypeError, match=r"\Arun_many item 1: unsupported type 'object' for parameter :v "):
+        numbers.prepare("INSERT INTO n (v) VALUES (:v)").run_many([{"v": 1}, {"v": object()}])
+    assert numbers.prepare("SELECT count(*) FROM n").scalar() == 0  # all or nothing
+
+
+def test_run_many_says_which_integer_is_too_large_like_run(numbers: appdb.AppDatabase) -> None:
+    insert = numbers.prepare("INSERT INTO n (id, v) VALUES (?, ?)")
+    with pytest.raises(OverflowError) as single:
+        insert.run(1, 2**70)
+    with pytest.raises(OverflowError) as many:
+        insert.run_many([(1, 1), (2, 2**70)])
+    assert str(many.value) == f"run_many item 1: {single.value}"
+    assert "parameter 2 of statement" in str(single.value)
+    with pytest.raises(OverflowError, match=r"\Arun_many item 0: integer too large for parameter 1 "):
+        numbers.prepare("SELECT ?").run_many([-(2**70)])
+    with pytest.raises(OverflowError, match=r"\Arun_many item 0: integer too large for parameter :v "):
+        numbers.prepare("INSERT INTO n (v) VALUES (:v)").run_many([{"v": 2**64}])
+    assert numbers.prepare("SELECT count(*) FROM n").scalar() == 0
+
+
+def test_run_many_names_the_item_with_the_wrong_values(numbers: appdb.AppDatabase) -> None:
+    insert = numbers.prepare("INSERT INTO n (id, v) VALUES (?, ?)")
+    with pytest.raises(apsw.BindingsError, match=r"\Arun_many item 1: statement .* takes 2 parameter"):
+        insert.run_many([(1, 1), (2,)])
+    named = numbers.prepare("INSERT INTO n (v) VALUES (:v)")
+    with pytest.raises(apsw.BindingsError, match=r"\Arun_many item 2: missing value for named parameter :v"):
+        named.run_many([{"v": 1}, {"v": 2}, {}])
+    with pytest.raises(apsw.BindingsError, match=r"\Arun_many item 1: unexpected named value\(s\) 'w'"):
+        named.run_many([{"v": 1}, {"v": 2, "w": 3}])
+    # a constraint failure is SQLite's own error, unchanged
+    with pytest.raises(apsw.ConstraintError, match=r"\AUNIQUE constraint failed: n.id\Z"):
+        insert.run_many([(1, 1), (1, 2)])
+    assert numbers.prepare("SELECT count(*) FROM n").scalar() == 0
+
+
+def test_run_many_leaves_errors_of_the_callers_iterable_alone(numbers: appdb.AppDatabase) -> None:
+    def items() -> Iterator[tuple[int]]:
+        yield (1,)
+        raise TypeError("the caller's own bug")
+
+    with pytest.raises(TypeError, match=r"\Athe caller's own bug\Z"):
+        numbers.prepare("INSERT INTO n (v) VALUES (?)").run_many(items())
+    assert numbers.prepare("SELECT count(*) FROM n").scalar() == 0
+
+
+@pytest.mark.xfail(strict=True, reason="needs each twin's run_many to call _batch.parameter_lists")
+def test_run_many_refuses_a_set_of_items(numbers: appdb.AppDatabase) -> None:
+    insert = numbers.prepare("INSERT INTO n (v) VALUES (?)")
+    for unordered in ({1, 2, 3}, frozenset({(1,), (2,)})):
+        with pytest.raises(TypeError, match=r"not a (set|frozenset): the order"):
+            insert.run_many(unordered)
+    assert numbers.prepare("SELECT count(*) FROM n").scalar() == 0
+    assert insert.run_many(sorted({3, 1, 2})).changes == 3  # an ordered copy is fine
+    assert insert.run_many({"a": 1, "b": 2}.keys()).changes == 2  # dict keys keep their order

@@ -2,14 +2,74 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import apsw
 
+from ._sqlinfo import binding_error, describe
 from ._types import RunResult
+from .errors import ConversionError
 
-__all__ = ["batch_sql", "run_many"]
+__all__ = ["batch_sql", "parameter_lists", "run_many"]
+
+#: Errors binding one item's values: ``run_many`` says which item it was.
+_ITEM_ERRORS = (TypeError, OverflowError, apsw.BindingsError, ConversionError)
+
+
+def parameter_lists(seq_of_params: Iterable[Any]) -> Iterator[Any]:
+    """The items of a ``run_many`` batch, refusing what has no order or is one value."""
+    if isinstance(seq_of_params, (str, bytes, Mapping)):
+        raise TypeError("run_many() takes an iterable of parameter sequences or mappings")
+    if isinstance(seq_of_params, (set, frozenset)):
+        raise TypeError(
+            f"run_many() takes an ordered iterable of items, not a {type(seq_of_params).__name__}: "
+            "the order a set yields its items in is undefined, and rowids, triggers and which "
+            "duplicate wins depend on it; pass a list (sorted(...) for a stable order)"
+        )
+    return iter(seq_of_params)
+
+
+class _Numbered:
+    """A batch's items, counted: which one runs, and whether the caller's iterable failed."""
+
+    __slots__ = ("_items", "index", "item", "iterable_failed")
+
+    def __init__(self, items: Iterator[Any]) -> None:
+        self._items = items
+        self.index = -1
+        self.item: Any = None
+        self.iterable_failed = False
+
+    def __iter__(self) -> _Numbered:
+        return self
+
+    def __next__(self) -> Any:
+        self.index += 1
+        self.item = None
+        try:
+            self.item = next(self._items)
+        except (StopIteration, apsw.BindingsError):  # the end, or an item the twin refused
+            raise
+        except BaseException:
+            self.iterable_failed = True  # the caller's own error: not about binding an item
+            raise
+        return self.item
+
+    def error(self, exc: BaseException, connection: apsw.Connection, sql: str) -> BaseException | None:
+        """``exc`` naming the item that could not be bound, or None when it is not such an error."""
+        if self.iterable_failed or not isinstance(exc, _ITEM_ERRORS):
+            return None
+        if isinstance(exc, OverflowError):  # APSW's own "int too big to convert": name the value
+            try:
+                names = describe(connection, sql).parameter_names
+            except apsw.Error:
+                names = ()
+            exc = binding_error(exc, sql, names, self.item) or exc
+        try:
+            return type(exc)(f"run_many item {self.index}: {exc}")
+        except Exception:  # an exception class that takes other arguments
+            return None
 
 
 def batch_sql(connection: apsw.Connection, begin_sql: str) -> tuple[str, str, tuple[str, ...]]:
@@ -36,14 +96,18 @@ def run_many(core: Any, statement: Any, items: Iterator[Any]) -> RunResult:
         begin, commit, undo = batch_sql(connection, core.begin_sql)
         connection.execute(begin)
         before = connection.total_changes()
+        numbered = _Numbered(items)
         try:
-            statement._execute_many(connection, items)
+            statement._execute_many(connection, numbered)
             result = RunResult(connection.total_changes() - before, connection.last_insert_rowid())
-        except BaseException:
+        except BaseException as exc:
             _undo(connection, undo)
             if statement.changes_schema:
                 core.schema_changed()  # what was undone may have changed the schema
-            raise
+            error = numbered.error(exc, connection, statement.sql)
+            if error is None:
+                raise
+            raise error.with_traceback(exc.__traceback__) from exc.__cause__
         try:
             connection.execute(commit)
         except BaseException:
