@@ -203,7 +203,7 @@ class DatabaseCore:
             raise ValueError("a reader pool needs an opener")
         self.path = path
         self.lock = ConnectionLock()
-        self.lane = ConnectionLock()  # taken by short reads on the pool: see Statement._call_reader
+        self.lane = ConnectionLock()  # taken by short reads on the pool: see Statement._call
         self.row_type = check_row_type(row_type)
         self.begin_sql = begin_sql
         self.closed = False
@@ -656,13 +656,30 @@ class Statement:
             result = rows
         else:
             cursor.execute(self._sql, bindings)
-            row = self._first_row(cursor, index)
+            # _first_row and _row, inlined for get() and scalar(): each Python-level
+            # call costs about as much as the rest of this branch.
+            row = cursor.fetchone()
+            if row is not None:
+                if self._single_row:
+                    try:
+                        more = cursor.fetchone() is not None
+                    except apsw.Error:  # from a row nobody asked for
+                        more = True
+                    if more:  # another connection changed the plan (e.g. dropped an index)
+                        self._single_row = False
+                        self._forget(cursor, index)
+                else:
+                    self._forget(cursor, index)  # never evaluate a second row
             if kind == _SCALAR:
                 if row is not None and self._convert is not None:
                     row = self._converted(row, connection)
                 result = None if row is None or len(row) == 0 else row[0]
+            elif row is None:
+                result = None
+            elif self._as_dict and self._convert is None and len(row) == len(self._columns):
+                result = dict(zip(self._columns, row))
             else:
-                result = None if row is None else self._row(row, connection)
+                result = self._row(row, connection)
         if self._changes_schema:
             self._core._generation += 1
         return result
@@ -685,21 +702,18 @@ class Statement:
     # below is written flat (the lock, the lane, taking and giving back a reader
     # inline) because every Python-level call costs about 0.1 us.
     def _call(self, kind: int, bindings: Any) -> Any:
+        """Run on a reader of the pool, or on the writer (``_call_writer``) when the call must."""
         core = self._core
         if core.forks != _forks:
             core.check_fork()
-        lock = core.lock
-        if (
+        if not (
             self._parallel
             and core.max_readers != 0
             and not core.raw_transaction
-            and not lock._rlock._is_owned()
+            and not core.lock._rlock._is_owned()
         ):
-            return self._call_reader(kind, bindings)
-        return self._call_writer(kind, bindings)
-
-    def _call_reader(self, kind: int, bindings: Any) -> Any:
-        core = self._core
+            return self._call_writer(kind, bindings)
+        # The read runs on a reader (the compiled twin's _call_reader, inlined here).
         short = self._short
         # A short read needs a token only for a deadline (no budget, nothing to cancel).
         limited = core.deadlines_active if short else core.limits_active
@@ -717,7 +731,7 @@ class Statement:
         # The reader comes first: a thread holding the lane never waits for a reader,
         # so a thread that holds a reader (an open iterate()) and wants the lane
         # cannot deadlock with it.
-        lane = core.lane if self._short else None
+        lane = core.lane if short else None
         if lane is not None:
             rlock = lane._rlock
             if not ((not lane._starving or rlock._is_owned()) and rlock.acquire(False)):
@@ -734,8 +748,10 @@ class Statement:
                 self._new_epoch()
             connection = slot.connection
             index = slot.index
-            cursors = self._cursors
-            cursor = cursors[index] if index < len(cursors) else None
+            try:
+                cursor = self._cursors[index]
+            except IndexError:  # a reader opened beyond the pool size (nested use)
+                cursor = None
             if cursor is None:
                 cursor = self._cursor_on(slot)
             if self._generation != core._generation:
@@ -814,19 +830,27 @@ class Statement:
     # -- execution ---------------------------------------------------------
     def get(self, *params: Any, **named: Any) -> Any:
         """Run the query and return its first row, or None when there is none."""
-        return self._call(_GET, self._bindings(params, named))
+        if named or (len(params) == 1 and type(params[0]) not in _SCALARS):
+            return self._call(_GET, self._bindings(params, named))
+        return self._call(_GET, params)  # plain positional values: nothing to check
 
     def scalar(self, *params: Any, **named: Any) -> Any:
         """Return the first column of the first row, or None when there is no row."""
-        return self._call(_SCALAR, self._bindings(params, named))
+        if named or (len(params) == 1 and type(params[0]) not in _SCALARS):
+            return self._call(_SCALAR, self._bindings(params, named))
+        return self._call(_SCALAR, params)  # plain positional values: nothing to check
 
     def all(self, *params: Any, **named: Any) -> list[Any]:
         """Run the query and return every row as a list."""
-        return self._call(_ALL, self._bindings(params, named))  # type: ignore[no-any-return]
+        if named or (len(params) == 1 and type(params[0]) not in _SCALARS):
+            return self._call(_ALL, self._bindings(params, named))  # type: ignore[no-any-return]
+        return self._call(_ALL, params)  # type: ignore[no-any-return]  # plain positional values: nothing to check
 
     def run(self, *params: Any, **named: Any) -> RunResult:
         """Execute a write and return ``RunResult(changes, last_insert_rowid)``."""
-        return self._call(_RUN, self._bindings(params, named))  # type: ignore[no-any-return]
+        if named or (len(params) == 1 and type(params[0]) not in _SCALARS):
+            return self._call(_RUN, self._bindings(params, named))  # type: ignore[no-any-return]
+        return self._call(_RUN, params)  # type: ignore[no-any-return]  # plain positional values: nothing to check
 
     def iterate(self, *params: Any, **named: Any) -> RowIterator:
         """Run the query and return an iterator over its rows.

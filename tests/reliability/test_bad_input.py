@@ -257,15 +257,15 @@ def _outcome(call: Any) -> tuple[str, str]:
 
 
 BINDING_CASES: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
-    ("SELECT ?, ?", (1,), {}),
-    ("SELECT ?, ?", (1, 2, 3), {}),
+    ("SELECT ? AS a, ? AS b", (1,), {}),
+    ("SELECT ? AS a, ? AS b", (1, 2, 3), {}),
     ("SELECT ?", (), {}),
     ("SELECT :a, :b", (), {"a": 1}),
     ("SELECT :a", (), {"a": 1, "zz": 2}),
     ("SELECT :a", ({"a": 1, "zz": 2},), {}),
     ("SELECT :a", (1,), {"a": 1}),
     ("SELECT ?", (object(),), {}),
-    ("SELECT ?, ?", (1, {1, 2}), {}),
+    ("SELECT ? AS a, ? AS b", (1, {1, 2}), {}),
     ("SELECT :a", (), {"a": [1]}),
     ("SELECT ?", (2**63,), {}),
     ("SELECT ?", (-(2**63) - 1,), {}),
