@@ -14,7 +14,7 @@ import apsw
 import pytest
 
 import appdb
-from appdb.migrations import Migration, MigrationRunner
+from appdb.migrations import Migration, MigrationRunner, verify_migrations
 
 
 # -- 1. statements whose program holds a value that is not UTF-8 text ---------------------
@@ -217,3 +217,155 @@ def test_run_many_refuses_a_set_of_items(numbers: appdb.AppDatabase) -> None:
     assert numbers.prepare("SELECT count(*) FROM n").scalar() == 0
     assert insert.run_many(sorted({3, 1, 2})).changes == 3  # an ordered copy is fine
     assert insert.run_many({"a": 1, "b": 2}.keys()).changes == 2  # dict keys keep their order
+
+
+# -- 2. a migration never leaves connection settings changed -------------------------------
+#: What ``sqlite3 app.db .dump`` writes: foreign keys off first, then one transaction.
+DUMP = """\
+-- transactional: false
+-- migrate:up
+PRAGMA foreign_keys=OFF;
+BEGIN TRANSACTION;
+CREATE TABLE parent (id INTEGER PRIMARY KEY, name TEXT);
+INSERT INTO parent VALUES(1,'one');
+CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER NOT NULL REFERENCES parent (id));
+INSERT INTO child VALUES(1,1);
+COMMIT;
+"""
+
+#: A transactional migration that switches settings SQLite lets it change.
+SETTINGS_UP = "PRAGMA trusted_schema = ON; PRAGMA recursive_triggers = ON; CREATE TABLE counter (n INTEGER)"
+
+#: Fills ``counter`` through a trigger: 2 rows without recursive triggers, endless with them.
+TRIGGERED = Migration(
+    3,
+    "triggered",
+    "CREATE TRIGGER more AFTER INSERT ON counter BEGIN INSERT INTO counter VALUES (new.n + 1); END;"
+    "INSERT INTO counter VALUES (1)",
+    "DROP TRIGGER more; DELETE FROM counter",
+)
+#: ``DUMP``'s statements as a non-transactional migration, and a down step like them.
+DUMP_MIGRATION = Migration(
+    2,
+    "dump",
+    DUMP.split("-- migrate:up\n")[1],
+    "PRAGMA foreign_keys=OFF; DROP TABLE child; DROP TABLE parent",
+    transactional=False,
+)
+
+
+def settings(db: appdb.AppDatabase) -> tuple[int, int, int]:
+    return (
+        db.pragma("foreign_keys"),
+        db.pragma("trusted_schema"),
+        db.pragma("recursive_triggers"),
+    )
+
+
+def orphans_refused(db: appdb.AppDatabase) -> bool:
+    try:
+        db.prepare("INSERT INTO child (parent_id) VALUES (99)").run()
+    except apsw.ConstraintError:
+        return True
+    db.exec("DELETE FROM child WHERE parent_id = 99")
+    return False
+
+
+@pytest.fixture
+def dumped(tmp_path: Path) -> Path:
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "001_dump.sql").write_text(DUMP, encoding="utf-8")
+    return folder
+
+
+def test_a_dump_that_turns_foreign_keys_off_leaves_them_on(
+    impl: ModuleType, dumped: Path, db_path: Path
+) -> None:
+    with appdb.init_database(db_path, migrations=dumped) as db:
+        assert [r.status for r in db.migration_results] == ["applied"]
+        assert settings(db) == (1, 0, 0)
+        assert orphans_refused(db)
+        assert db.prepare("SELECT count(*) FROM child").scalar() == 1
+    # approved (no rehearsal on a copy first) and with the user's own pragmas
+    db_path.unlink()
+    chosen = {"recursive_triggers": "ON", "cache_size": -4000}
+    with appdb.init_database(db_path, migrations=dumped, allow_destructive=True, pragmas=chosen) as db:
+        assert settings(db) == (1, 0, 1)
+        assert db.pragma("cache_size") == -4000
+        assert orphans_refused(db)
+
+
+def test_settings_changed_by_a_transactional_migration_are_restored(impl: ModuleType, db_path: Path) -> None:
+    migrations = [Migration(1, "settings", SETTINGS_UP, "DROP TABLE counter"), TRIGGERED]
+    with appdb.init_database(db_path, migrations=migrations) as db:
+        assert [r.status for r in db.migration_results] == ["applied", "applied"]
+        assert settings(db) == (1, 0, 0)
+        # the trigger ran without recursion (with it, it would have run on forever)
+        assert db.prepare("SELECT count(*) FROM counter").scalar() == 2
+
+
+def test_settings_changed_by_a_down_step_are_restored(impl: ModuleType, db_path: Path) -> None:
+    counter = Migration(
+        1, "counter", "CREATE TABLE counter (n)", "PRAGMA recursive_triggers = 1; DROP TABLE counter"
+    )
+    migrations = [counter, DUMP_MIGRATION]
+    with appdb.init_database(db_path, migrations=migrations) as db:
+        results = MigrationRunner(db).rollback(migrations, to_version=0, allow_destructive=True)
+        assert [r.status for r in results] == ["rolled_back", "rolled_back"]
+        assert settings(db) == (1, 0, 0)
+
+
+def test_a_dry_run_predicts_the_real_run_with_settings_restored(impl: ModuleType, db_path: Path) -> None:
+    # Without restoring, migration 2 would see recursive triggers on (and fail) in the
+    # dry run, and 4 would insert an orphan row there while the real run refuses it.
+    migrations = [
+        Migration(1, "settings", SETTINGS_UP),
+        DUMP_MIGRATION,
+        TRIGGERED,
+        Migration(4, "orphan", "INSERT INTO child (parent_id) VALUES (99)"),
+    ]
+    with appdb.init_database(db_path) as db:
+        runner = MigrationRunner(db)
+        dry = runner.run_migrations(migrations, dry_run=True)
+        assert [r.status for r in dry] == ["pending", "pending", "pending", "failed"]
+        assert "FOREIGN KEY constraint failed" in str(dry[3].error)
+        assert settings(db) == (1, 0, 0)
+        real = runner.run_migrations(migrations)
+        assert [r.status for r in real] == ["applied", "applied", "applied", "failed"]
+        assert settings(db) == (1, 0, 0)
+        assert db.prepare("SELECT count(*) FROM counter").scalar() == 2
+
+
+def test_verify_checks_each_migration_with_settings_restored(impl: ModuleType, db_path: Path) -> None:
+    migrations = [Migration(1, "settings", SETTINGS_UP, "DROP TABLE counter"), TRIGGERED]
+    with appdb.init_database(db_path) as db:
+        reports = verify_migrations(db, migrations)
+        assert [(r.version, r.problems) for r in reports] == [(1, []), (3, [])]
+        assert settings(db) == (1, 0, 0)
+    assert [r.ok for r in verify_migrations(None, migrations)] == [True, True]
+
+
+def test_a_python_migration_cannot_leave_the_writer_reconfigured(impl: ModuleType, db_path: Path) -> None:
+    def up(db: appdb.AppDatabase) -> None:
+        connection = db.connection
+        connection.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 0)
+        connection.config(apsw.SQLITE_DBCONFIG_DQS_DML, 1)
+        connection.set_busy_timeout(0)
+        db.exec(
+            f"ATTACH DATABASE '{db_path.parent / 'other.db'}' AS other;"
+            "PRAGMA case_sensitive_like = ON; PRAGMA wal_autocheckpoint = 0; PRAGMA query_only = 0;"
+            "PRAGMA cell_size_check = ON; PRAGMA ignore_check_constraints = ON"
+        )
+
+    with appdb.init_database(db_path, migrations=[Migration(1, "python", up)]) as db:
+        assert db.migration_results[0].status == "applied"
+        connection = db.connection
+        assert connection.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, -1) == 1
+        assert connection.config(apsw.SQLITE_DBCONFIG_DQS_DML, -1) == 0
+        assert db.pragma("busy_timeout") == 5000
+        assert [row["name"] for row in db.pragma("database_list")] == ["main"]
+        assert db.prepare("SELECT 'a' LIKE 'A' AS same").scalar() == 1
+        assert db.pragma("wal_autocheckpoint") == 1000  # the WAL guard is back
+        assert db.pragma("cell_size_check") == 0
+        assert db.pragma("ignore_check_constraints") == 0

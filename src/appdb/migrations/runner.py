@@ -11,6 +11,7 @@ from typing import Literal
 
 import apsw
 
+from .._connect import settings_kept
 from ..database import AppDatabase
 from ..errors import DestructiveMigrationError, MigrationError
 from . import ledger
@@ -357,8 +358,9 @@ class MigrationRunner:
         step = migration.up if direction == "up" else migration.down
         assert step is not None
         # Holding the writer (re-entrant) keeps this database's other threads' writes out while
-        # foreign keys are off and between the steps of a non-transactional migration.
-        with db.writer(), self._foreign_keys_off(migration):
+        # foreign keys are off and between the steps of a non-transactional migration. Settings
+        # the step changes (a .dump's PRAGMA foreign_keys=OFF) are put back after it, whatever happened.
+        with db.writer(), settings_kept(db.connection), self._foreign_keys_off(migration):
             if migration.transactional:
                 return self._execute_atomic(migration, direction, step, approved)
             return self._execute_outside(migration, direction, step, approved)
