@@ -303,6 +303,16 @@ def test_settings_changed_by_a_transactional_migration_are_restored(impl: Module
         assert settings(db) == (1, 0, 0)
         # the trigger ran without recursion (with it, it would have run on forever)
         assert db.prepare("SELECT count(*) FROM counter").scalar() == 2
+        # and when the migration fails, transactional or not
+        broken = "PRAGMA foreign_keys=OFF; PRAGMA recursive_triggers=1; BEGIN; INSERT INTO missing VALUES(1)"
+        for migration in (
+            Migration(4, "broken", "PRAGMA trusted_schema = ON; INSERT INTO missing VALUES (1)"),
+            Migration(4, "broken", broken, transactional=False),
+        ):
+            (failed,) = MigrationRunner(db).run_migrations([migration], allow_destructive=True)
+            assert failed.status == "failed"
+            assert "no such table: missing" in str(failed.error)
+            assert settings(db) == (1, 0, 0)
 
 
 def test_settings_changed_by_a_down_step_are_restored(impl: ModuleType, db_path: Path) -> None:
