@@ -255,6 +255,11 @@ def _databases(connection: apsw.Connection) -> frozenset[str]:
     return frozenset(str(row[1]) for row in connection.execute("PRAGMA database_list"))
 
 
+def _pragma(connection: apsw.Connection, name: str) -> object:
+    # can_cache=False: these would push the application's statements out of APSW's cache
+    return connection.execute(f"PRAGMA {name}", can_cache=False).get
+
+
 def _like_ignores_case(connection: apsw.Connection) -> object:
     try:
         return connection.execute(_LIKE_IGNORES_CASE).get
@@ -276,7 +281,7 @@ def read_settings(connection: apsw.Connection) -> Settings:
     """The settings of ``connection`` that SQL or Python code may change (see ``restore_settings``)."""
     known = known_pragmas()
     return Settings(
-        pragmas={name: connection.execute(f"PRAGMA {name}").get for name in KEPT_PRAGMAS if name in known},
+        pragmas={name: _pragma(connection, name) for name in KEPT_PRAGMAS if name in known},
         dbconfig=_dbconfig(connection),
         hooks={name: getattr(connection, name) for name in KEPT_HOOKS},
         like_ignores_case=_like_ignores_case(connection),
@@ -309,7 +314,7 @@ def restore_settings(connection: apsw.Connection, saved: Settings) -> list[str]:
     for name in sorted(_databases(connection) - saved.databases):
         run(f"detaching {name}", "DETACH DATABASE ?", (name,))
     for name, value in saved.pragmas.items():
-        if connection.execute(f"PRAGMA {name}").get != value:
+        if _pragma(connection, name) != value:
             run(f"{name} = {value}", pragma_sql(name, value))
     if saved.like_ignores_case is not None and _like_ignores_case(connection) != saved.like_ignores_case:
         run("case_sensitive_like", f"PRAGMA case_sensitive_like = {0 if saved.like_ignores_case else 1}")
