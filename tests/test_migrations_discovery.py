@@ -103,7 +103,10 @@ def test_checksum_ignores_line_endings(tmp_path: Path) -> None:
         ({"init.sql": "-- migrate:up\nSELECT 1;"}, "init.sql: the name does not match"),
         ({"001-init.py": "def up(db): pass"}, "001-init.py: the name does not match"),
         ({"000_zero.sql": "-- migrate:up\nSELECT 1;"}, "000_zero.sql: the version must be 1 or more"),
-        ({"001_a.sql": "CREATE TABLE t (x);"}, "001_a.sql, line 1: SQL before '-- migrate:up'"),
+        (
+            {"001_a.sql": "CREATE TABLE t (x);\n-- migrate:up\nSELECT 1;"},
+            "001_a.sql, line 1: SQL before '-- migrate:up'",
+        ),
         ({"001_a.sql": "-- migrate:down\nDROP TABLE t;"}, "001_a.sql: no '-- migrate:up' section"),
         (
             {"001_a.sql": "-- migrate:up\n\n-- migrate:down\nDROP TABLE t;"},

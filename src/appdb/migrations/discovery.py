@@ -1,4 +1,12 @@
-"""Find migrations in a directory or an importable package; errors name the file."""
+"""Find migrations in a directory or an importable package; errors name the file.
+
+Which files make up each migration is :mod:`.layout`'s job, reading SQL text
+:mod:`.formats`'; this module loads Python files and sets each migration's checksum:
+the SHA-256 of its file's text (line endings normalised, an SQL file's byte-order mark
+dropped), or, for a migration made of several files (``.up.sql`` + ``.down.sql``, a
+diesel folder), of each file's text after a line naming it (``-- up.sql --``), in the
+order ``up.sql``, ``down.sql``, ``metadata.toml``.
+"""
 
 from __future__ import annotations
 
@@ -9,43 +17,39 @@ import importlib.util
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from types import ModuleType
-from typing import Protocol, Union
+from typing import Union
 
 from ..errors import MigrationError
+from .diesel import run_in_transaction
+from .formats import parse_sql, parse_step, strip_bom
+from .layout import FILE_PATTERN, Entry, Unit, find_units
 from .model import Migration, checksum_text
+from .options import Options
 
 __all__ = ["FILE_PATTERN", "MigrationSource", "discover_migrations", "parse_sql", "resolve_migrations"]
 
-#: ``{version}_{name}.py`` or ``{version}_{name}.sql``.
-FILE_PATTERN = re.compile(r"(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9_]+)\.(?P<ext>py|sql)\Z")
-
 MigrationSource = Union[str, "os.PathLike[str]", Sequence[Migration]]
 
-_MARKER = re.compile(r"\s*--\s*migrate:\s*(?P<section>[A-Za-z]+)\s*\Z", re.IGNORECASE)
-_HEADER = re.compile(
-    r"\s*--\s*(?P<key>destructive|transactional|foreign_keys)\s*:\s*(?P<value>\S*)\s*\Z", re.I
-)
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
 _PACKAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
 def discover_migrations(source: str | os.PathLike[str]) -> list[Migration]:
-    """Load every migration file from a directory path or an importable package name.
+    """Load every migration from a directory path or an importable package name.
 
-    Files are ``{version}_{name}.py`` (exposing ``migration = Migration(...)`` or
-    module-level ``up(db)``, optional ``down(db)``, ``destructive``, ``transactional``
-    and ``foreign_keys``) and ``{version}_{name}.sql`` (sections ``-- migrate:up`` and
-    ``-- migrate:down`` after optional ``-- destructive: true``, ``-- transactional:
-    false`` and ``-- foreign_keys: off`` header lines). Returns them sorted by version;
-    raises ``MigrationError`` naming the offending file.
+    Reads appdb's ``{version}_{name}.sql`` (``-- migrate:up``/``-- migrate:down``
+    sections after optional ``-- destructive: true``, ``-- transactional: false`` and
+    ``-- foreign_keys: off`` header lines) and ``{version}_{name}.py`` (``migration =
+    Migration(...)`` or module-level ``up(db)``, optional ``down(db)``, ``destructive``,
+    ``transactional``, ``foreign_keys``), and other tools' folders as they are: dbmate,
+    goose, sqlx, golang-migrate (``.up.sql``/``.down.sql``) and diesel (one folder per
+    migration). Returns them sorted by version; raises ``MigrationError`` naming the file.
     """
     text = os.fspath(source)
     if os.path.isdir(text):
-        return _collect(_DirRoot(text), package=None)
+        return _collect(_DirRoot(text), text, package=False)
     if not isinstance(source, str) or os.path.exists(text):
         raise MigrationError(f"migrations source {text!r} is not a directory")
     if not _PACKAGE_NAME.match(text):
@@ -60,7 +64,7 @@ def discover_migrations(source: str | os.PathLike[str]) -> list[Migration]:
         ) from exc
     if not hasattr(package, "__path__"):
         raise MigrationError(f"migrations source {text!r} is a module, not a package of migration files")
-    return _collect(importlib.resources.files(text), package=text)
+    return _collect(importlib.resources.files(text), text, package=True)
 
 
 def resolve_migrations(source: MigrationSource) -> list[Migration]:
@@ -75,16 +79,6 @@ def resolve_migrations(source: MigrationSource) -> list[Migration]:
     return sorted(migrations, key=lambda m: m.version)
 
 
-class _Entry(Protocol):
-    """The few ``importlib.resources`` ``Traversable`` operations discovery needs."""
-
-    @property
-    def name(self) -> str: ...
-    def iterdir(self) -> Iterable[_Entry]: ...
-    def is_file(self) -> bool: ...
-    def read_bytes(self) -> bytes: ...
-
-
 class _DirRoot:
     """The few ``Traversable`` operations discovery needs, over a plain directory."""
 
@@ -92,11 +86,14 @@ class _DirRoot:
         self.path = path
         self.name = os.path.basename(path)
 
-    def iterdir(self) -> Iterable[_DirRoot]:
+    def iterdir(self) -> list[_DirRoot]:
         return [_DirRoot(os.path.join(self.path, n)) for n in sorted(os.listdir(self.path))]
 
     def is_file(self) -> bool:
         return os.path.isfile(self.path)
+
+    def is_dir(self) -> bool:
+        return os.path.isdir(self.path)
 
     def read_bytes(self) -> bytes:
         with open(self.path, "rb") as handle:
@@ -106,32 +103,8 @@ class _DirRoot:
         return self.path
 
 
-def _collect(root: _Entry, package: str | None) -> list[Migration]:
-    migrations: list[Migration] = []
-    for entry in root.iterdir():
-        name = entry.name
-        if name.startswith(("_", ".")) or not entry.is_file() or not name.endswith((".py", ".sql")):
-            continue
-        where = str(entry) if package is None else f"{package}/{name}"
-        match = FILE_PATTERN.match(name)
-        if match is None:
-            raise MigrationError(
-                f"migration file {where}: the name does not match {{version}}_{{name}}.py or .sql "
-                "(for example 002_add_audit_log.sql)"
-            )
-        version = int(match["version"])
-        if version < 1:
-            raise MigrationError(f"migration file {where}: the version must be 1 or more")
-        try:
-            text = entry.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise MigrationError(f"migration file {where}: not valid UTF-8 ({exc})") from exc
-        if match["ext"] == "sql":
-            migration = parse_sql(text, version, match["name"], where)
-        else:
-            module = _load_module(entry, package, where)
-            migration = _from_module(module, version, match["name"], where)
-        migrations.append(replace(migration, checksum=checksum_text(text), source=where))
+def _collect(root: Entry, where: str, package: bool) -> list[Migration]:
+    migrations = [_load(unit, where if package else None) for unit in find_units(root, where, package)]
     _check_unique(migrations)
     return sorted(migrations, key=lambda m: m.version)
 
@@ -148,65 +121,61 @@ def _check_unique(migrations: Sequence[Migration]) -> None:
         seen[migration.version] = migration
 
 
-def _flag(value: str, key: str, where: str) -> bool:
-    lowered = value.lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise MigrationError(
-        f"migration file {where}: '-- {key}:' must be true or false (or on/off), not {value!r}"
-    )
+def _read(entry: Entry, where: str) -> str:
+    try:
+        return entry.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MigrationError(f"migration file {where}: not valid UTF-8 ({exc})") from exc
 
 
-def parse_sql(text: str, version: int, name: str, where: str) -> Migration:
-    """Parse an SQL migration file's header and ``-- migrate:up``/``-- migrate:down`` sections."""
-    sections: dict[str, list[str]] = {}
-    flags = {"destructive": False, "transactional": True, "foreign_keys": True}
-    current: str | None = None
-    for number, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
-        marker = _MARKER.match(line)
-        if marker:
-            section = marker["section"].lower()
-            if section not in ("up", "down"):
-                raise MigrationError(
-                    f"migration file {where}, line {number}: unknown section 'migrate:{section}'"
-                )
-            if section in sections:
-                raise MigrationError(
-                    f"migration file {where}, line {number}: a second '-- migrate:{section}'"
-                )
-            current = section
-            sections[section] = []
-            continue
-        header = _HEADER.match(line)
-        if header and current is None:
-            flags[header["key"].lower()] = _flag(header["value"], header["key"].lower(), where)
-            continue
-        if current is not None:
-            sections[current].append(line)
-        elif line.strip() and not line.lstrip().startswith("--"):
-            raise MigrationError(
-                f"migration file {where}, line {number}: SQL before '-- migrate:up' "
-                "(move it into the up section)"
-            )
-    up = "\n".join(sections.get("up", [])).strip()
-    if not up:
-        raise MigrationError(f"migration file {where}: no '-- migrate:up' section with SQL in it")
-    down = "\n".join(sections["down"]).strip() if "down" in sections else ""
+def _load(unit: Unit, package: str | None) -> Migration:
+    """The migration ``unit``'s files define, with its checksum and source."""
+    if "py" in unit.parts:
+        entry, where = unit.parts["py"]
+        text = _read(entry, where)
+        migration = _from_module(_load_module(entry, package, where), unit.version, unit.name, where)
+        return replace(migration, checksum=checksum_text(text), source=where)
+    if "sql" in unit.parts:
+        entry, where = unit.parts["sql"]
+        text = strip_bom(_read(entry, where))
+        migration = parse_sql(text, unit.version, unit.name, where)
+        return replace(migration, checksum=checksum_text(text))
+    return _from_parts(unit)
+
+
+def _from_parts(unit: Unit) -> Migration:
+    """A migration made of an up file and, optionally, a down file and diesel's ``metadata.toml``."""
+    texts = {part: strip_bom(_read(entry, where)) for part, (entry, where) in unit.parts.items()}
+    options = Options(unit.parts["up.sql"][1])
+    up = parse_step(texts["up.sql"], options)
+    if up is None:
+        raise MigrationError(f"migration file {options.where}: no SQL in it")
+    down = None
+    if "down.sql" in texts:
+        options.where = unit.parts["down.sql"][1]
+        down = parse_step(texts["down.sql"], options)
+    if "metadata.toml" in texts:
+        options.where = unit.parts["metadata.toml"][1]
+        if run_in_transaction(texts["metadata.toml"], options.where) is False:
+            options.set("transactional", False)
+    if len(texts) == 1:
+        checksum = checksum_text(texts["up.sql"])
+    else:
+        checksum = checksum_text("\n".join(f"-- {part} --\n{text}" for part, text in texts.items()))
     return Migration(
-        version,
-        name,
+        unit.version,
+        unit.name,
         up,
-        down or None,
-        destructive=flags["destructive"],
-        transactional=flags["transactional"],
-        foreign_keys=flags["foreign_keys"],
-        source=where,
+        down,
+        destructive=options.get("destructive"),
+        transactional=options.get("transactional"),
+        foreign_keys=options.get("foreign_keys"),
+        checksum=checksum,
+        source=unit.where,
     )
 
 
-def _load_module(entry: _Entry, package: str | None, where: str) -> ModuleType:
+def _load_module(entry: Entry, package: str | None, where: str) -> ModuleType:
     try:
         if package is not None:
             return importlib.import_module(f"{package}.{entry.name[:-3]}")
