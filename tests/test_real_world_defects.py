@@ -208,7 +208,6 @@ def test_run_many_leaves_errors_of_the_callers_iterable_alone(numbers: appdb.App
     assert numbers.prepare("SELECT count(*) FROM n").scalar() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="needs each twin's run_many to call _batch.parameter_lists")
 def test_run_many_refuses_a_set_of_items(numbers: appdb.AppDatabase) -> None:
     insert = numbers.prepare("INSERT INTO n (v) VALUES (?)")
     for unordered in ({1, 2, 3}, frozenset({(1,), (2,)})):

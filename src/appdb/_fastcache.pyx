@@ -1114,30 +1114,38 @@ cdef class Statement:
 
 
 cdef class _CheckedMany:
-    """Validate each item of a ``run_many`` batch the way single runs are validated."""
+    """The items of a ``run_many`` batch, validated the way single runs are, and counted.
+
+    ``index`` (0-based) and ``item`` (the values as bound; None while the item is
+    fetched) let ``_batch`` name the item an error is about.
+    """
 
     cdef Statement _statement
     cdef object _it
+    cdef public Py_ssize_t index
+    cdef public object item
 
     def __init__(self, Statement statement, seq_of_params):
-        if isinstance(seq_of_params, (str, bytes, _Mapping)):
-            raise TypeError("run_many() takes an iterable of parameter sequences or mappings")
         self._statement = statement
-        self._it = iter(seq_of_params)
+        self._it = _batch.parameter_lists(seq_of_params)
+        self.index = -1
+        self.item = None
 
     def __iter__(self):
         return self
 
     def __next__(self):
+        self.index += 1
+        self.item = None
         item = next(self._it)
         if isinstance(item, (tuple, list)):
-            return item
-        if isinstance(item, _Mapping):
+            pass
+        elif isinstance(item, _Mapping):
             if len(item) > self._statement._n_named:
                 raise extra_names_error(self._statement._sql, self._statement._names, item)
-            return item
-        if isinstance(item, _SINGLE_VALUES) or not isinstance(item, _Sequence):
-            return (item,)  # one value: a set or an unknown object fails naming parameter 1
+        elif isinstance(item, _SINGLE_VALUES) or not isinstance(item, _Sequence):
+            item = (item,)  # one value: a set or an unknown object fails naming parameter 1
+        self.item = item
         return item
 
 

@@ -909,7 +909,7 @@ class Statement:
         runs in a savepoint, so a failing item leaves none of the batch behind.
         ``changes`` is the total number of rows changed (triggers included).
         """
-        return _batch.run_many(self._core, self, _checked_many(self, seq_of_params))
+        return _batch.run_many(self._core, self, _CheckedMany(self, seq_of_params))
 
     def _execute_many(self, connection: apsw.Connection, items: Iterator[Any]) -> None:
         """``executemany`` on the writer (``_batch.run_many`` holds the lock and the transaction)."""
@@ -941,26 +941,38 @@ class Statement:
         return self._changes_schema
 
 
-def _checked_many(statement: Statement, seq_of_params: Iterable[Any]) -> Iterator[Any]:
-    """Validate each item of a ``run_many`` batch the way single runs are validated."""
-    if isinstance(seq_of_params, (str, bytes, Mapping)):
-        raise TypeError("run_many() takes an iterable of parameter sequences or mappings")
-    iterator = iter(seq_of_params)
-    return _checked_items(statement, iterator)
+class _CheckedMany:
+    """The items of a ``run_many`` batch, validated the way single runs are, and counted.
 
+    ``index`` (0-based) and ``item`` (the values as bound; None while the item is
+    fetched) let ``_batch`` name the item an error is about.
+    """
 
-def _checked_items(statement: Statement, iterator: Iterator[Any]) -> Iterator[Any]:
-    for item in iterator:
+    __slots__ = ("_it", "_statement", "index", "item")
+
+    def __init__(self, statement: Statement, seq_of_params: Iterable[Any]) -> None:
+        self._statement = statement
+        self._it = _batch.parameter_lists(seq_of_params)
+        self.index = -1
+        self.item: Any = None
+
+    def __iter__(self) -> _CheckedMany:
+        return self
+
+    def __next__(self) -> Any:
+        self.index += 1
+        self.item = None
+        item = next(self._it)
         if isinstance(item, (tuple, list)):
-            yield item
+            pass
         elif isinstance(item, Mapping):
+            statement = self._statement
             if len(item) > len(statement._named):
                 raise extra_names_error(statement._sql, statement._names, item)
-            yield item
         elif isinstance(item, _SINGLE_VALUES) or not isinstance(item, Sequence):
-            yield (item,)  # one value: a set or an unknown object fails naming parameter 1
-        else:
-            yield item
+            item = (item,)  # one value: a set or an unknown object fails naming parameter 1
+        self.item = item
+        return item
 
 
 class RowIterator:
