@@ -593,22 +593,6 @@ class Statement:
             cursors[index] = cursor
         return cursor
 
-    def _first_row(self, cursor: apsw.Cursor, index: int) -> Any:
-        """Step to the first row, then leave the statement reset."""
-        row = cursor.fetchone()
-        if row is not None:
-            if not self._single_row:
-                self._forget(cursor, index)  # never evaluate a second row
-            else:
-                try:
-                    more = cursor.fetchone() is not None
-                except apsw.Error:  # from a row nobody asked for
-                    more = True
-                if more:  # another connection changed the plan (e.g. dropped an index)
-                    self._single_row = False
-                    self._forget(cursor, index)
-        return row
-
     def _row(self, row: Any, connection: apsw.Connection) -> Any:
         if self._as_dict:
             columns = self._columns
@@ -656,7 +640,7 @@ class Statement:
             result = rows
         else:
             cursor.execute(self._sql, bindings)
-            # _first_row and _row, inlined for get() and scalar(): each Python-level
+            # The compiled twin's _first_row and _row, inlined for get() and scalar(): each Python-level
             # call costs about as much as the rest of this branch.
             row = cursor.fetchone()
             if row is not None:
