@@ -5,13 +5,15 @@
     python benchmarks/run.py --quick    # CI smoke run, well under a minute
     python benchmarks/run.py --json out.json --plot out.png
     python benchmarks/run.py --section concurrency --quick   # threads and asyncio only (issue 9)
+    python benchmarks/run.py --section types          # what appdb.types costs, and what it does not
 
 Trials follow better-sqlite3's published benchmark (a 10,000-row table of null,
 integer, real, text and blob columns; WAL; the same pragmas for everyone) plus
 appdb's own. Each contender works on its own fresh copy of one database file in
 a temporary folder, removed at the end. Contenders are interleaved inside every
 repeat; the table shows medians, their spread and the speed-up against stdlib
-sqlite3 returning the same row type. A second section (``bench_concurrency``) measures
+sqlite3 returning the same row type. A second section (``bench_types``) measures
+``appdb.types`` against no types on both twins, a third (``bench_concurrency``)
 threads sharing one database and asyncio against aiosqlite. Timing never fails the
 run: only errors do.
 """
@@ -19,6 +21,7 @@ run: only errors do.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -31,9 +34,10 @@ if TYPE_CHECKING:
     from bench_contenders import Contender
     from bench_measure import Settings
     from bench_report import Results
+    from bench_types import TypesResults
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("all", "trials", "concurrency")
+SECTIONS = ("all", "trials", "types", "concurrency")
 
 
 def _ensure_appdb_importable() -> str | None:
@@ -79,8 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--section",
         choices=SECTIONS,
-        help="what to run: all (default), trials (single-connection trials and memory) or concurrency "
-        "(threads and asyncio, issue 9); --trials alone implies trials",
+        help="what to run: all (default), trials (single-connection trials and memory), types (the cost "
+        "of appdb.types, with and without) or concurrency (threads and asyncio, issue 9); "
+        "--trials alone implies trials",
     )
     args = parser.parse_args(argv)
     if args.section is None:
@@ -206,23 +211,36 @@ def _run(args: argparse.Namespace) -> int:
     records: list[dict[str, Any]] = []
     concurrency: ConcurrencyResults | None = None
     concurrency_records: list[dict[str, Any]] = []
+    types: TypesResults | None = None
+    types_records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="appdb-bench-") as folder:
         if args.section in ("all", "trials"):
             results, records = _run_trials(args, machine, folder)
+        elif args.section == "types":
+            print("\n".join(_machine_header(machine, args.quick, args.clock)), flush=True)
         else:
             print("\n".join(_machine_header(machine, args.quick, None)), flush=True)
+        if args.section in ("all", "types"):
+            types, types_records = _run_types(args, machine, folder)
         if args.section in ("all", "concurrency"):
             concurrency, concurrency_records = _run_concurrency(args, machine, folder)
     seconds = time.perf_counter() - started
     print(f"\nTotal time: {seconds:.1f} s", flush=True)
     if args.json:
         document = concurrency.to_dict(concurrency_records) if concurrency else None
-        Path(args.json).write_text(to_json(results, machine, records, seconds, document) + "\n")
+        text = to_json(results, machine, records, seconds, document)
+        if types is not None:
+            full = json.loads(text)
+            full["types"] = types.to_dict(types_records)
+            text = json.dumps(full, indent=2)
+        Path(args.json).write_text(text + "\n")
         log(f"wrote {args.json}")
     if args.markdown:
         from bench_concurrency import concurrency_markdown
+        from bench_types import types_markdown
 
         tables = [markdown_table(results)] if results else []
+        tables += [types_markdown(types)] if types else []
         tables += [concurrency_markdown(concurrency)] if concurrency else []
         Path(args.markdown).write_text("\n\n".join(tables) + "\n")
         log(f"wrote {args.markdown}")
@@ -233,6 +251,38 @@ def _run(args: argparse.Namespace) -> int:
             plot(results, args.plot)
             log(f"wrote {args.plot}")
     return 0
+
+
+def _run_types(
+    args: argparse.Namespace, machine: dict[str, str], folder: str
+) -> tuple[TypesResults, list[dict[str, Any]]]:
+    """The types section: appdb.types against no types, on both twins; print its table and verdicts."""
+    from bench_measure import log
+    from bench_types import NOTES, run_types, types_table, types_verdicts
+
+    settings = _settings(args)
+    if not args.quick and not args.repeats:
+        # Ratios near 1.00 are the point here: twice the repeats of half the length (same time),
+        # so each per-repeat ratio compares batches closer in time and the median has more of them.
+        settings.repeats, settings.batch_seconds = 41, settings.batch_seconds / 2
+    log("types section: appdb.types (types=standard()) against no types, compiled and pure Python")
+    results = run_types(settings, folder, log)
+    lines, records = types_verdicts(results)
+    skipped = [f"  {key}: NOT MEASURED: {reason}" for key, reason in results.unavailable.items()]
+    report = [
+        "",
+        "appdb.types: what it costs, and what it does not (µs per operation)",
+        *skipped,
+        types_table(results),
+        "",
+        "Targets of appdb.types (native values and columns never pay):",
+        *lines,
+        "",
+        NOTES.format(repeats=settings.repeats, stdlib=machine["stdlib_sqlite"]),
+        f"Types section: {results.seconds:.1f} s",
+    ]
+    print("\n".join(report), flush=True)
+    return results, records
 
 
 def _run_concurrency(
