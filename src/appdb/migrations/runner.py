@@ -11,7 +11,7 @@ from typing import Literal
 
 import apsw
 
-from .._connect import settings_kept
+from .._settings import settings_kept
 from ..database import AppDatabase
 from ..errors import DestructiveMigrationError, MigrationError
 from . import ledger
