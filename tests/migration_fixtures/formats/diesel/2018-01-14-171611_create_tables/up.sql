@@ -1,0 +1,11 @@
+CREATE TABLE users (
+  uuid TEXT NOT NULL PRIMARY KEY,
+  email TEXT NOT NULL UNIQUE,
+  name TEXT NOT NULL
+);
+
+CREATE TABLE ciphers (
+  uuid TEXT NOT NULL PRIMARY KEY,
+  user_uuid TEXT NOT NULL REFERENCES users (uuid),
+  data TEXT NOT NULL
+);

@@ -1,0 +1,1 @@
+ALTER TABLE ciphers DROP COLUMN favorite;

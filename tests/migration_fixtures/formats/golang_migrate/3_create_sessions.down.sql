@@ -1,0 +1,2 @@
+DROP INDEX sessions_user;
+DROP TABLE sessions;

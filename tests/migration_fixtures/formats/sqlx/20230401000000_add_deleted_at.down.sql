@@ -1,0 +1,1 @@
+alter table history drop column deleted_at;
