@@ -162,17 +162,7 @@ def _from_parts(unit: Unit) -> Migration:
         checksum = checksum_text(texts["up.sql"])
     else:
         checksum = checksum_text("\n".join(f"-- {part} --\n{text}" for part, text in texts.items()))
-    return Migration(
-        unit.version,
-        unit.name,
-        up,
-        down,
-        destructive=options.get("destructive"),
-        transactional=options.get("transactional"),
-        foreign_keys=options.get("foreign_keys"),
-        checksum=checksum,
-        source=unit.where,
-    )
+    return options.migration(unit.version, unit.name, up, down, source=unit.where, checksum=checksum)
 
 
 def _load_module(entry: Entry, package: str | None, where: str) -> ModuleType:

@@ -60,16 +60,7 @@ def parse_sql(text: str, version: int, name: str, where: str) -> Migration:
                 "'-- +goose Up' markers is the up step as a whole)"
             )
         up, down = whole, None
-    return Migration(
-        version,
-        name,
-        up,
-        down,
-        destructive=options.get("destructive"),
-        transactional=options.get("transactional"),
-        foreign_keys=options.get("foreign_keys"),
-        source=where,
-    )
+    return options.migration(version, name, up, down, source=where)
 
 
 def parse_step(text: str, options: Options) -> str | None:
@@ -173,14 +164,21 @@ def _sections(lines: list[str], options: Options) -> tuple[str, str | None]:
             _marker_options(marker["options"], number, options)
             current = section
             sections[section] = []
-        elif current is not None:
-            sections[current].append(line)
-        elif not _preamble(line, number, options):
-            raise MigrationError(
-                f"migration file {where}, line {number}: SQL before '-- migrate:up' "
-                "(move it into the up section)"
-            )
+        else:
+            _take(line, number, options, sections, current, "-- migrate:up")
     return _steps(sections, where, "'-- migrate:up'")
+
+
+def _take(
+    line: str, number: int, options: Options, sections: dict[str, list[str]], current: str | None, up: str
+) -> None:
+    """A line that is no marker: into the current section, else read before the first (``up``) one."""
+    if current is not None:
+        sections[current].append(line)
+    elif not _preamble(line, number, options):
+        raise MigrationError(
+            f"migration file {options.where}, line {number}: SQL before '{up}' (move it into that section)"
+        )
 
 
 def _steps(sections: dict[str, list[str]], where: str, up_marker: str) -> tuple[str, str | None]:
@@ -199,13 +197,7 @@ def _goose(lines: list[str], options: Options) -> tuple[str, str | None]:
     for number, line in enumerate(lines, 1):
         directive = _DIRECTIVE.match(line)
         if directive is None:
-            if current is not None:
-                sections[current].append(line)
-            elif not _preamble(line, number, options):
-                raise MigrationError(
-                    f"migration file {where}, line {number}: SQL before '-- +goose Up' "
-                    "(move it into the Up section)"
-                )
+            _take(line, number, options, sections, current, "-- +goose Up")
             continue
         at = f"migration file {where}, line {number}"
         word = re.sub(r"\s+", "", directive["rest"]).lower()

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import MigrationError
+from .model import Migration
 
 __all__ = ["KEYS", "Options", "flag", "read_header"]
 
@@ -71,6 +72,22 @@ class Options:
         """The value set for ``key``, or its default."""
         found = self.values.get(key)
         return KEYS[key] if found is None else found[0]
+
+    def migration(
+        self, version: int, name: str, up: str, down: str | None, *, source: str, checksum: str = ""
+    ) -> Migration:
+        """A ``Migration`` of these steps with these options."""
+        return Migration(
+            version,
+            name,
+            up,
+            down,
+            destructive=self.get("destructive"),
+            transactional=self.get("transactional"),
+            foreign_keys=self.get("foreign_keys"),
+            checksum=checksum,
+            source=source,
+        )
 
 
 def read_header(line: str, number: int, options: Options) -> bool:
