@@ -12,6 +12,7 @@ from types import ModuleType
 import pytest
 
 import appdb
+from appdb.cli import main
 from appdb.migrations import Migration, MigrationRunner, discover_migrations, parse_sql
 from appdb.migrations.model import checksum_text
 
@@ -589,3 +590,32 @@ def test_pragma_foreign_keys_with_the_header_already_says_remove_the_pragma(
 
 def test_migration_objects_keep_their_checksum_rule() -> None:
     assert Migration(1, "x", "SELECT 1").checksum == checksum_text("SELECT 1\n-- down\n")
+
+
+def test_the_appdb_command_reads_a_goose_folder(
+    impl: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["--db", str(tmp_path / "app.db"), "--migrations", str(FORMATS / "goose")]
+    assert main([*common, "migrate"]) == 0
+    assert main([*common, "validate"]) == 0
+    assert "ok: migrations match the database" in capsys.readouterr().out
+
+
+def test_a_diesel_project_adopts_its_folder_as_it_is(impl: ModuleType, tmp_path: Path) -> None:
+    """diesel ran the migrations; appdb records them from the same folder without running them."""
+    folder = FORMATS / "diesel"
+    with appdb.init_database(tmp_path / "app.db") as db:
+        db.exec(
+            "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY NOT NULL, "
+            "run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+        )
+        for migration in discover_migrations(folder):
+            assert isinstance(migration.up, str)
+            db.exec(migration.up)
+            db.prepare("INSERT INTO __diesel_schema_migrations (version) VALUES (?)").run(
+                str(migration.version)
+            )
+        adopted = MigrationRunner(db).adopt(folder, source="diesel")
+        assert [a.version for a in adopted] == [20180114171611, 20180217205753, 20190912100000]
+    with appdb.init_database(tmp_path / "app.db", migrations=folder) as db:
+        assert db.migration_results == [] and db.get_schema_version() == 20190912100000
