@@ -570,10 +570,6 @@ def test_appdb_file_checksums_are_unchanged(tmp_path: Path) -> None:
 # --- a .dump's PRAGMA foreign_keys (defect 3) ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the message comes from migrations/detection.py (Watcher), built in runner.py: not this module",
-)
 def test_pragma_foreign_keys_with_the_header_already_says_remove_the_pragma(
     impl: ModuleType, tmp_path: Path
 ) -> None:

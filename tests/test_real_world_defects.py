@@ -378,3 +378,18 @@ def test_a_python_migration_cannot_leave_the_writer_reconfigured(impl: ModuleTyp
         assert db.pragma("wal_autocheckpoint") == 1000  # the WAL guard is back
         assert db.pragma("cell_size_check") == 0
         assert db.pragma("ignore_check_constraints") == 0
+
+
+def test_a_drop_column_migration_restores_settings_without_a_warning(
+    impl: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from appdb.migrations import Migration
+
+    migrations = [
+        Migration(1, "t", "CREATE TABLE t (a, b)"),
+        Migration(2, "drop_b", "ALTER TABLE t DROP COLUMN b"),  # SQLite opens temp for it
+    ]
+    with caplog.at_level("WARNING", logger="appdb"):
+        with appdb.init_database(tmp_path / "app.db", migrations=migrations) as database:
+            assert database.get_schema_version() == 2
+    assert not [r for r in caplog.records if "could not restore" in r.getMessage()]

@@ -99,7 +99,8 @@ class Settings:
 
 
 def _databases(connection: apsw.Connection) -> frozenset[str]:
-    return frozenset(str(row[1]) for row in connection.execute("PRAGMA database_list"))
+    """Attached databases (``temp`` is not one: SQLite opens it on demand, and it cannot be detached)."""
+    return frozenset(str(row[1]) for row in connection.execute("PRAGMA database_list")) - {"temp"}
 
 
 def _pragma(connection: apsw.Connection, name: str) -> object:

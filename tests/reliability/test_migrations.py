@@ -129,7 +129,7 @@ def test_readonly_with_pending_migrations(impl: ModuleType, db_path: Path, tmp_p
     [
         ("004_bad.py", "def up(db:\n", "syntax error"),
         ("004_bad.py", "import no_such_module_appdb\n", "no_such_module_appdb"),
-        ("004_bad.sql", "CREATE TABLE z (x);\n", "up"),
+        ("004_bad.sql", "CREATE TABLE z (x);\n-- migrate:up\nSELECT 1;\n", "SQL before"),
         ("4x_bad.sql", "-- migrate:up\nCREATE TABLE z (x);\n", "4x_bad"),
         ("003_again.sql", "-- migrate:up\nCREATE TABLE z (x);\n", "duplicate|003"),
         (

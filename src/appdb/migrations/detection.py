@@ -135,6 +135,8 @@ class Watcher:
 
     connection: apsw.Connection | None = None
     transactional: bool = True
+    #: The migration already runs with foreign keys off (``-- foreign_keys: off``).
+    foreign_keys: bool = True
     dropped_tables: set[str] = field(default_factory=set)
     created_tables: set[str] = field(default_factory=set)
     altered_tables: set[str] = field(default_factory=set)
@@ -163,9 +165,17 @@ class Watcher:
             )
             return apsw.SQLITE_DENY
         if op == apsw.SQLITE_PRAGMA and self.transactional and (p1 or "").lower() == "foreign_keys" and p2:
+            if self.foreign_keys:
+                advice = (
+                    "declare foreign_keys=False on the migration, or '-- foreign_keys: off' in an SQL file"
+                )
+            else:  # a .dump that already got the header still has its PRAGMA line
+                advice = (
+                    "this migration already runs with foreign keys off ('-- foreign_keys: off' / "
+                    "foreign_keys=False), so remove the PRAGMA foreign_keys line"
+                )
             self.refusals.append(
-                "it sets PRAGMA foreign_keys, which SQLite ignores inside a transaction "
-                "(declare foreign_keys=False on the migration, or '-- foreign_keys: off' in an SQL file)"
+                f"it sets PRAGMA foreign_keys, which SQLite ignores inside a transaction ({advice})"
             )
             return apsw.SQLITE_DENY
         if dbname == "main" or op == apsw.SQLITE_ALTER_TABLE:

@@ -438,7 +438,7 @@ class MigrationRunner:
                 if self._is_done(migration, direction):
                     return _Outcome("already", [], 0.0)
                 before = capture(connection)
-                with Watcher(connection) as watcher:
+                with Watcher(connection, foreign_keys=migration.foreign_keys) as watcher:
                     try:
                         _run_step(db, step)
                     except Exception as exc:
