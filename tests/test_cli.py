@@ -138,6 +138,27 @@ def test_new_in_an_empty_project_starts_at_one(tmp_path: Path, capsys: pytest.Ca
     assert info.value.code == 2
 
 
+@pytest.mark.parametrize("layout", ["dbmate", "diesel"])
+def test_new_in_a_folder_of_timestamp_versions_uses_the_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], layout: str
+) -> None:
+    import datetime
+
+    folder = tmp_path / "m"
+    if layout == "dbmate":
+        folder.mkdir()
+        (folder / "20151129054053_create_users.sql").write_text("-- migrate:up\nCREATE TABLE users (id);\n")
+    else:
+        (folder / "2015-11-29-054053_create_users").mkdir(parents=True)
+        (folder / "2015-11-29-054053_create_users" / "up.sql").write_text("CREATE TABLE users (id);\n")
+    before = int(datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d%H%M%S"))
+    code, data = cli_json(capsys, "--migrations", str(folder), "new", "add_tags", "--sql")
+    assert code == 0 and data["version"] >= before
+    assert data["path"].endswith(f"{data['version']}_add_tags.sql")
+    versions = [m.version for m in appdb.migrations.discover_migrations(folder)]
+    assert versions == [20151129054053, data["version"]]
+
+
 def test_validate_status_and_repair(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(capsys, "migrate")[0] == 0
     assert cli(capsys, "validate")[0] == cli(capsys, "status")[0] == 0

@@ -7,6 +7,7 @@ changed), 2 usage error, 3 a destructive migration is waiting for approval.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import re
@@ -259,6 +260,36 @@ SELECT 1;
 """
 
 
+#: A diesel migration folder: ``2015-11-29-054053_create_users`` is version 20151129054053.
+_DIESEL_FOLDER = re.compile(r"(?P<digits>[0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9]{6})_[A-Za-z0-9_-]+\Z")
+#: Versions this large are timestamps (dbmate, sqlx, diesel: YYYYMMDDHHMMSS).
+_TIMESTAMP_VERSION = 10**13
+
+
+def _next_version(folder: str) -> tuple[int, int]:
+    """The next migration version in ``folder`` and the digits to write it with.
+
+    Sequential folders count up (``003`` after ``002``). A folder of timestamp
+    versions gets the current UTC time (or the newest version + 1, if that is later),
+    as dbmate, sqlx and diesel name theirs.
+    """
+    versions: list[tuple[int, int]] = []
+    for entry in os.listdir(folder):
+        match = FILE_PATTERN.match(entry)
+        if match:
+            versions.append((int(match["version"]), len(match["version"])))
+            continue
+        diesel = _DIESEL_FOLDER.match(entry)
+        if diesel and os.path.isdir(os.path.join(folder, entry)):
+            digits = diesel["digits"].replace("-", "")
+            versions.append((int(digits), len(digits)))
+    newest = max((v for v, _ in versions), default=0)
+    if newest >= _TIMESTAMP_VERSION:
+        now = int(datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d%H%M%S"))
+        return max(now, newest + 1), 14
+    return newest + 1, max([3, *(w for _, w in versions)])
+
+
 def cmd_new(args: argparse.Namespace) -> Report:
     name = re.sub(r"[^a-z0-9]+", "_", args.name.lower()).strip("_")
     if not name:
@@ -267,9 +298,7 @@ def cmd_new(args: argparse.Namespace) -> Report:
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise Error(f"{folder!r} is not a directory")
     os.makedirs(folder, exist_ok=True)
-    matches = [m for m in map(FILE_PATTERN.match, os.listdir(folder)) if m]
-    version = max((int(m["version"]) for m in matches), default=0) + 1
-    width = max([3, *(len(m["version"]) for m in matches)])
+    version, width = _next_version(folder)
     extension = "sql" if args.sql else "py"
     path = os.path.join(folder, f"{version:0{width}d}_{name}.{extension}")
     template = _SQL_TEMPLATE if args.sql else _PY_TEMPLATE
