@@ -8,6 +8,7 @@ WAL database file in the test's temporary folder.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +24,16 @@ from appdb import _select
 def _implementations() -> list[str]:
     # A missing compiled module is a failure, not a skip (``_select.load`` raises):
     # set APPDB_NO_EXTENSIONS=1 to test a pure-Python install on purpose.
-    return ["python"] if _select.NO_EXTENSIONS else ["cython", "python"]
+    # APPDB_TEST_ONLY=cython (or python) narrows the run to one twin: .ci/run uses it
+    # for the compiled wheel, whose pure-Python half the source tree's run and the
+    # pure-Python wheel's run already cover.
+    names = ["python"] if _select.NO_EXTENSIONS else ["cython", "python"]
+    only = os.environ.get("APPDB_TEST_ONLY")
+    if only:
+        if only not in names:
+            raise pytest.UsageError(f"APPDB_TEST_ONLY={only!r}: this run can test {names}")
+        names = [only]
+    return names
 
 
 @pytest.fixture(params=_implementations())
