@@ -6,11 +6,12 @@ subclasses); appdb's own errors subclass :class:`appdb.Error`.
 
 from __future__ import annotations
 
-from ._open import default_readers, init_database
+from ._open import default_readers, init_database, set_checkpoint_policy
 from ._select import IMPLEMENTATION, Statement
 from ._types import CacheStats, CheckpointResult, PoolStatus, RunResult
 from .database import AppDatabase, Transaction
 from .errors import (
+    CheckpointPolicyError,
     ConversionError,
     DatabaseClosedError,
     DatabaseOpenError,
@@ -32,6 +33,7 @@ __all__ = [
     "JOURNAL_SIZE_LIMIT",
     "AppDatabase",
     "CacheStats",
+    "CheckpointPolicyError",
     "CheckpointResult",
     "ConversionError",
     "DatabaseClosedError",
@@ -50,4 +52,5 @@ __all__ = [
     "__version__",
     "default_readers",
     "init_database",
+    "set_checkpoint_policy",
 ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import apsw
 
+from ._policy import AUTO, EXTERNAL, recorded_policy
 from ._walguard import install_wal_guard
 from .errors import DatabaseOpenError
 from .pragmas import WRITE_PRAGMAS, pragma_sql
@@ -40,6 +41,8 @@ class ConnectionSpec:
     statement_cache_size: int = 256
     on_connect: OnConnect | None = None
     types: TypeMap | None = None
+    #: "auto", "external", or None: follow the policy recorded in the database.
+    checkpoints: str | None = None
 
 
 # -- the policies ------------------------------------------------------------------
@@ -96,6 +99,18 @@ def reader_only(connection: apsw.Connection) -> None:
     connection.execute("PRAGMA query_only = 1")
 
 
+def external_checkpoints(connection: apsw.Connection) -> None:
+    """Another process (Litestream) owns checkpoints: this connection never runs one by itself.
+
+    Litestream asks applications to turn SQLite's autocheckpoint off
+    (``wal_autocheckpoint = 0``, https://litestream.io/tips/); the WAL guard stays off
+    too. Closing the last connection to a file normally checkpoints the WAL and
+    deletes it: ``NO_CKPT_ON_CLOSE`` leaves it to the owner.
+    """
+    connection.execute("PRAGMA wal_autocheckpoint = 0")
+    connection.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+
+
 # -- the bundle ----------------------------------------------------------------------
 def configure_connection(
     connection: apsw.Connection,
@@ -107,13 +122,16 @@ def configure_connection(
     on_connect: OnConnect | None = None,
     wal_guard: bool | None = None,
     types: TypeMap | None = None,
+    checkpoints: str | None = AUTO,
 ) -> None:
     """Apply appdb's policies and ``pragmas`` to ``connection`` (every connection appdb uses).
 
     ``reader`` marks a pool reader (``query_only``, no WAL guard); ``readonly`` a
     connection that must never write the file. ``on_connect`` runs last (user
     functions, collations, extra pragmas). ``types`` (``appdb.types.TypeMap``) adapts
-    values SQLite does not store natively. Errors reading the file become
+    values SQLite does not store natively. ``checkpoints`` is the checkpoint policy
+    ("auto": the WAL guard on writers; "external": see ``external_checkpoints``;
+    None: the one recorded in the database). Errors reading the file become
     ``DatabaseOpenError`` naming ``path``.
     """
     defensive(connection)
@@ -135,7 +153,9 @@ def configure_connection(
         value_types(connection, types)
     if reader:
         reader_only(connection)
-    if wal_guard if wal_guard is not None else not (readonly or reader):
+    if (checkpoints or recorded_policy(connection) or AUTO) == EXTERNAL:
+        external_checkpoints(connection)
+    elif wal_guard if wal_guard is not None else not (readonly or reader):
         install_wal_guard(connection)
     if on_connect is not None:
         on_connect(connection)
@@ -162,6 +182,7 @@ def open_connection(spec: ConnectionSpec, *, reader: bool = False) -> apsw.Conne
             path=spec.path,
             on_connect=spec.on_connect,
             types=spec.types,
+            checkpoints=spec.checkpoints,
         )
     except BaseException:
         connection.close(True)

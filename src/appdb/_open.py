@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ import apsw
 
 from ._connect import ConnectionSpec, OnConnect, open_connection
 from ._files import prepare_file
+from ._policy import AUTO, EXTERNAL, check_policy, recorded_policy, settle_policy, write_policy
 from .database import AppDatabase
 from .errors import DatabaseOpenError
 from .migrations import apply_on_open, resolve_migrations
@@ -20,7 +22,7 @@ from .types import TypeMap
 if TYPE_CHECKING:
     from .migrations import Migration
 
-__all__ = ["default_readers", "init_database"]
+__all__ = ["default_readers", "init_database", "set_checkpoint_policy"]
 
 #: Upper bound of the default pool size. Readers are opened only when threads
 #: read at the same time, so the bound matters only for very busy servers.
@@ -69,6 +71,7 @@ def init_database(
     query_timeout: float | None = None,
     on_connect: OnConnect | None = None,
     types: TypeMap | None = None,
+    checkpoints: str | None = None,
 ) -> AppDatabase:
     """Open (creating if needed) a tuned SQLite database and apply its migrations.
 
@@ -86,6 +89,14 @@ def init_database(
     on every connection appdb opens (register functions and collations there).
     ``types`` (for example ``appdb.types.standard()``) binds everyday Python values
     and converts columns by declared type; a copy is taken.
+
+    ``checkpoints`` is who checkpoints the WAL: ``"auto"`` (appdb's WAL guard) or
+    ``"external"`` (another process such as Litestream: appdb never checkpoints,
+    not even on close). ``None`` (default) follows the policy recorded in the
+    database, "auto" when there is none. The first writable open with
+    ``"external"`` records it; opening with a policy other than the recorded one
+    raises ``appdb.CheckpointPolicyError`` and changes nothing (change the record
+    with :func:`set_checkpoint_policy`).
     """
     text = os.fspath(path)
     if not isinstance(text, str):
@@ -99,6 +110,7 @@ def init_database(
         if not isinstance(types, TypeMap):
             raise TypeError(f"types must be an appdb.types.TypeMap, not {type(types).__name__}")
         types = types.copy()  # later changes to the caller's map do not reach this database
+    requested = check_policy(checkpoints)
     settings = validate_pragmas(pragmas)
     # Found and checked before anything is created: a mistyped migrations path must not
     # leave an empty database file (and its folder) behind.
@@ -115,8 +127,17 @@ def init_database(
         statement_cache_size=statement_cache_size,
         on_connect=on_connect,
         types=types,
+        checkpoints=requested,
     )
     connection = open_connection(spec)
+    try:
+        policy = settle_policy(connection, requested, path=text, readonly=readonly)
+    except BaseException:
+        # Refused under a policy the file does not have: closing must not checkpoint either.
+        connection.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+        connection.close(True)
+        raise
+    spec = replace(spec, checkpoints=policy)  # readers and reopened writers use the same one
     db = AppDatabase(
         connection,
         text,
@@ -127,6 +148,7 @@ def init_database(
         opener=partial(_open_more, spec),
         query_timeout=query_timeout,
         types=types,
+        checkpoints=policy,
     )
     if ordered is not None:
         try:
@@ -149,3 +171,32 @@ def _open_more(spec: ConnectionSpec, reader: bool) -> apsw.Connection:
         if isinstance(exc.__cause__, apsw.Error):
             raise exc.__cause__ from None
         raise
+
+
+def set_checkpoint_policy(path: str | os.PathLike[str], policy: str) -> str:
+    """Record ``policy`` ("auto" or "external") as the checkpoint policy of the database at ``path``.
+
+    Returns the policy recorded before ("auto" when there was none). The only way to
+    change a recorded policy: stop the processes that use the database first, since
+    processes already open keep the policy they opened with. The file must exist;
+    the change runs no checkpoint, even when the connection closes.
+    """
+    text = os.fspath(path)
+    wanted = check_policy(policy, allow_none=False)
+    assert wanted is not None
+    if not os.path.isfile(text):
+        raise DatabaseOpenError(f"cannot set the checkpoint policy: database {text!r} does not exist")
+    # Opened under "external" whatever the change: committing the record and closing never checkpoint.
+    connection = open_connection(ConnectionSpec(path=text, checkpoints=EXTERNAL))
+    try:
+        connection.execute("BEGIN IMMEDIATE")  # the old value is read under the write lock
+        try:
+            before = recorded_policy(connection) or AUTO
+            write_policy(connection, wanted, replace=True)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+    finally:
+        connection.close(True)
+    return before

@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import apsw
 
+from ._policy import EXTERNAL, recorded_policy
+
 __all__ = [
     "TRUNCATE_WAIT_MS",
     "WAL_GUARD_BACKOFF_CAP",
@@ -51,12 +53,18 @@ class _WalGuard:
     to ``WAL_GUARD_BACKOFF_CAP`` strides; a successful truncation (or the WAL
     being reset by anyone else) starts over. Errors never reach the committing
     caller: the commit has already succeeded.
+
+    Before each truncation it reads the checkpoint policy recorded in the database:
+    once another process has recorded "external" (Litestream owns checkpoints and
+    must not see the WAL reset behind its back), this process stops truncating and
+    keeps to PASSIVE checkpoints, which Litestream runs itself.
     """
 
-    __slots__ = ("autocheckpoint", "distance", "failed_at", "next_truncate")
+    __slots__ = ("autocheckpoint", "disowned", "distance", "failed_at", "next_truncate")
 
     def __init__(self, autocheckpoint: int) -> None:
         self.autocheckpoint = autocheckpoint
+        self.disowned = False
         self._reset()
 
     @property
@@ -74,7 +82,7 @@ class _WalGuard:
                 self._reset()
             if frames < self.autocheckpoint:
                 return apsw.SQLITE_OK
-            if frames >= self.next_truncate:
+            if frames >= self.next_truncate and not self._disowned(connection):
                 self._truncate(connection, dbname, frames)
             else:
                 connection.wal_checkpoint(dbname, apsw.SQLITE_CHECKPOINT_PASSIVE)
@@ -83,6 +91,16 @@ class _WalGuard:
         except Exception as exc:  # e.g. an I/O error: the next commit tries again
             logger.debug("automatic WAL checkpoint failed: %s", exc)
         return apsw.SQLITE_OK
+
+    def _disowned(self, connection: apsw.Connection) -> bool:
+        """True once the database records that another process owns checkpoints."""
+        if not self.disowned and recorded_policy(connection) == EXTERNAL:
+            self.disowned = True
+            logger.warning(
+                "the database now records checkpoints='external': this process, opened with 'auto', "
+                "stops truncating the WAL (reopen it to follow the recorded policy)"
+            )
+        return self.disowned
 
     def _truncate(self, connection: apsw.Connection, dbname: str, frames: int) -> None:
         timeout = connection.execute("PRAGMA busy_timeout").get

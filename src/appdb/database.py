@@ -16,6 +16,7 @@ import apsw
 from . import _ledger, _limits, _select
 from ._backup import write_backup
 from ._files import file_identity, file_intact
+from ._policy import AUTO, EXTERNAL, refused_checkpoint
 from ._types import CacheStats, CheckpointResult, PoolStatus
 from ._walguard import guard_size, install_wal_guard
 from .errors import DatabaseClosedError
@@ -82,6 +83,7 @@ class AppDatabase:
         opener: Callable[[bool], apsw.Connection] | None = None,
         query_timeout: float | None = None,
         types: TypeMap | None = None,
+        checkpoints: str = AUTO,
     ) -> None:
         begin = MODES["deferred"] if readonly else MODES["immediate"]
         self._core = _select.impl.DatabaseCore(
@@ -97,6 +99,7 @@ class AppDatabase:
         )
         self._path = path
         self._readonly = readonly
+        self._checkpoints = checkpoints
         self._memory = path in (":memory:", "")
         self._identity = None if self._memory else file_identity(path)
         self.prepare = self._core.prepare
@@ -118,6 +121,11 @@ class AppDatabase:
     def readonly(self) -> bool:
         """True when opened with ``readonly=True``."""
         return self._readonly
+
+    @property
+    def checkpoints(self) -> str:
+        """The checkpoint policy: "auto" (appdb's WAL guard) or "external" (another process owns them)."""
+        return self._checkpoints
 
     @property
     def types(self) -> TypeMap | None:
@@ -312,15 +320,20 @@ class AppDatabase:
         with self.writer() as connection:
             return _ledger.schema_version(connection)
 
-    def checkpoint(self, mode: str = "passive") -> CheckpointResult:
+    def checkpoint(self, mode: str = "passive", *, force: bool = False) -> CheckpointResult:
         """Run a WAL checkpoint (``passive``, ``full``, ``restart`` or ``truncate``).
 
         Returns ``CheckpointResult(wal_frames, checkpointed_frames)``; raises
         ``apsw.BusyError`` when a blocking mode cannot finish because of readers.
+        Under the "external" checkpoint policy only ``passive`` runs unless
+        ``force=True`` (``appdb.CheckpointPolicyError`` says why).
         """
         if mode not in _CHECKPOINT_MODES:
             modes = ", ".join(_CHECKPOINT_MODES)
             raise ValueError(f"checkpoint mode must be one of {modes}, not {mode!r}")
+        refused = None if force else refused_checkpoint(self._checkpoints, mode)
+        if refused is not None:
+            raise refused
         with self.writer() as connection:
             frames, done = connection.wal_checkpoint(mode=_CHECKPOINT_MODES[mode])
         return CheckpointResult(frames, done)
@@ -381,7 +394,8 @@ class AppDatabase:
                 cursor.close(True)
             if sql.partition("=")[0].endswith("wal_autocheckpoint"):
                 if value is not None:
-                    if not self._readonly:  # SQLite re-installed its own hook: put the guard back
+                    # SQLite re-installed its own hook: put the guard back (none under "external")
+                    if not self._readonly and self._checkpoints != EXTERNAL:
                         install_wal_guard(connection)
                 elif (size := guard_size(connection)) is not None:
                     rows = [(size,)]

@@ -8,6 +8,7 @@ subclass ``apsw.Error``.  appdb's own errors subclass :class:`Error`.
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointPolicyError",
     "ConversionError",
     "DatabaseClosedError",
     "DatabaseOpenError",
@@ -46,6 +47,15 @@ class DatabaseClosedError(Error):
 
 class DatabaseOpenError(Error):
     """``init_database`` could not open the file as a usable SQLite database."""
+
+
+class CheckpointPolicyError(Error):
+    """The database's checkpoint policy forbids this; the message names the policies and the way out.
+
+    Raised by ``init_database`` when the file records another policy than the one
+    asked for (nothing is changed), and by ``checkpoint()`` for a mode that would
+    break an external owner of checkpoints (``force=True`` runs it anyway).
+    """
 
 
 class InvalidPragmaError(Error, ValueError):
