@@ -19,7 +19,8 @@ from typing import Any, TextIO
 import apsw
 
 from . import __version__
-from ._open import init_database
+from ._open import init_database, set_checkpoint_policy
+from ._policy import POLICIES
 from .database import AppDatabase
 from .errors import Error
 from .migrations import MigrationResult, MigrationRunner, discover_migrations, verify_migrations
@@ -352,6 +353,7 @@ def cmd_health(args: argparse.Namespace) -> Report:
             "quick_check": check if isinstance(check, str) else [r.get("quick_check") for r in check],
             "schema_version": db.get_schema_version(),
             "journal_mode": db.pragma("journal_mode"),
+            "checkpoints": db.checkpoints,
             "page_count": db.pragma("page_count"),
             "page_size": db.pragma("page_size"),
             "wal_bytes": os.path.getsize(args.db + "-wal") if os.path.exists(args.db + "-wal") else 0,
@@ -365,16 +367,30 @@ def cmd_health(args: argparse.Namespace) -> Report:
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> Report:
-    with _open(args, create=False) as db:
-        result = db.checkpoint(args.mode)
+    with _open(args, create=False) as db:  # under the recorded checkpoint policy
+        result = db.checkpoint(args.mode, force=args.force)
+        policy = db.checkpoints
     data = {
         "mode": args.mode,
+        "checkpoints": policy,
         "wal_frames": result.wal_frames,
         "checkpointed_frames": result.checkpointed_frames,
     }
     return Report(
         data=data,
         lines=[f"checkpoint ({args.mode}): {result.checkpointed_frames} of {result.wal_frames} frames"],
+    )
+
+
+def cmd_checkpoint_policy(args: argparse.Namespace) -> Report:
+    if args.policy is None:
+        with _open(args, create=False, readonly=True) as db:
+            policy = db.checkpoints
+        return Report(data={"checkpoints": policy}, lines=[f"checkpoint policy of {args.db}: {policy}"])
+    before = set_checkpoint_policy(args.db, args.policy)
+    return Report(
+        data={"checkpoints": args.policy, "before": before},
+        lines=[f"checkpoint policy of {args.db}: {before} -> {args.policy}"],
     )
 
 
@@ -454,6 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("health", cmd_health, "check the database file")
     sub = add("checkpoint", cmd_checkpoint, "run a WAL checkpoint")
     sub.add_argument("--mode", choices=("passive", "full", "restart", "truncate"), default="passive")
+    sub.add_argument(
+        "--force", action="store_true", help="run a mode the 'external' checkpoint policy refuses"
+    )
+    sub = add("checkpoint-policy", cmd_checkpoint_policy, "show or change who checkpoints the WAL")
+    sub.add_argument(
+        "policy", nargs="?", choices=POLICIES, help="record this policy (stop other processes first)"
+    )
     sub = add("backup", cmd_backup, "write a consistent copy of the database")
     sub.add_argument("dest", help="path of the copy")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing file")
