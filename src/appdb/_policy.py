@@ -41,12 +41,13 @@ _KEY = "checkpoints"
 #: the WAL, which Litestream must do itself: a reset it did not see breaks its position
 #: and forces a new snapshot (benbjohnson/litestream#547), and one while it is down left
 #: replicas that could not be restored (#752). FULL resets nothing but holds the write
-#: lock while it waits for every reader, Litestream's own long-lived read transaction
-#: included, so writers stall for the whole busy_timeout (the outage of #724 was
-#: Litestream's own RESTART doing exactly this); #752 also lists FULL among the
-#: checkpoints that must not happen behind Litestream's back. PASSIVE is what Litestream
-#: runs itself (its non-blocking tier, litestream.io/guides/wal-truncate-threshold): it
-#: copies frames without waiting or resetting the WAL, so it stays allowed.
+#: lock while it waits for every reader, including the read transaction Litestream
+#: keeps open to hold the WAL in place (#547), so writers stall for the whole
+#: busy_timeout (the outage of #724 was Litestream's own RESTART doing exactly this);
+#: #752 also lists FULL among the checkpoints that must not happen behind Litestream's
+#: back. PASSIVE is what Litestream runs itself (its non-blocking tier,
+#: litestream.io/guides/wal-truncate-threshold): it copies frames without waiting or
+#: resetting the WAL, so it stays allowed.
 REFUSED_MODES = frozenset({"full", "restart", "truncate"})
 
 
