@@ -111,9 +111,10 @@ def settle_policy(connection: apsw.Connection, requested: str | None, *, path: s
     (``INSERT OR IGNORE``, then read back, so of two processes racing to record
     different policies one is refused). Read-only opens check but never write.
     """
-    policy = choose_policy(recorded_policy(connection), requested, path)
-    if requested is not None and requested != AUTO and not readonly and recorded_policy(connection) is None:
-        write_policy(connection, requested, replace=False)
+    recorded = recorded_policy(connection)
+    policy = choose_policy(recorded, requested, path)
+    if recorded is None and policy != AUTO and not readonly:
+        write_policy(connection, policy, replace=False)
         policy = choose_policy(recorded_policy(connection), requested, path)
     return policy
 
