@@ -14,15 +14,23 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
+import apsw
+
+from ._policy import EXTERNAL, recorded_policy
 from .errors import Error
 
 __all__ = [
@@ -38,8 +46,11 @@ __all__ = [
     "find_binary",
     "lock_file",
     "log_lines",
+    "policy_warning",
     "replica_url",
+    "run_foreground",
     "start_watchdog",
+    "wait_ready",
 ]
 
 logger = logging.getLogger("appdb")
@@ -266,3 +277,71 @@ def start_watchdog(pid: int | None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-c", _WATCHDOG, str(pid)], stdin=subprocess.PIPE, start_new_session=True
     )
+
+
+def wait_ready(proc: subprocess.Popen[Any], socket_path: str, db_path: str, timeout: float) -> bool:
+    """Wait until litestream (``proc``) has opened ``db_path`` and read its WAL once; False if not.
+
+    The first read matters: a litestream that stops before it has read the database
+    makes no final sync, so a short ``-exec`` command's writes would never ship.
+    """
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            control_request(socket_path, "POST", "/sync", {"path": db_path}, timeout=max(1.0, timeout))
+            return True
+        except (OSError, ReplicationError):  # not listening yet, or the database is not open yet
+            time.sleep(0.02)
+    return False
+
+
+# -- the foreground command (appdb replicate) -------------------------------------------
+def policy_warning(db_path: str) -> str | None:
+    """A warning when the database's recorded checkpoint policy is not "external", else None."""
+    connection = apsw.Connection(db_path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        policy = recorded_policy(connection)
+    finally:
+        connection.close()
+    if policy == EXTERNAL:
+        return None
+    return (
+        f"{db_path} has checkpoint policy {policy or 'auto'!r}: appdb processes will checkpoint"
+        " (and truncate) the WAL behind Litestream's back, forcing new snapshots; stop them and run"
+        " `appdb checkpoint-policy external`, or open with init_database(..., checkpoints='external')"
+    )
+
+
+def run_foreground(db_path: str, url: str, sync_interval: float, command: Sequence[str] = ()) -> int:
+    """Run ``litestream replicate`` for ``db_path`` until it exits; its exit code.
+
+    With ``command``, Litestream runs it (``-exec``) and exits when it exits. Holds
+    the replicator lock meanwhile; the configuration (with a control socket, for
+    ``litestream sync -socket``) lives in a temporary folder that is removed after.
+    """
+    path = os.path.abspath(db_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"cannot replicate {path}: no such database file")
+    binary = find_binary()
+    fd = lock_file(path + "-litestream.lock")
+    folder = tempfile.mkdtemp(prefix="appdb-ls-")
+    try:
+        config = os.path.join(folder, "litestream.yml")
+        with open(config, "w", encoding="utf-8") as f:
+            f.write(config_text(path, url, sync_interval, os.path.join(folder, "s.sock")))
+        argv = [binary, "replicate", "-no-expand-env", "-config", config]
+        if command:
+            argv += ["-exec", shlex.join(command)]
+        logger.info("litestream config %s; control socket %s", config, os.path.join(folder, "s.sock"))
+        child = subprocess.Popen(argv, pass_fds=(fd,))
+        threading.Thread(
+            target=wait_ready, args=(child, os.path.join(folder, "s.sock"), path, 30.0), daemon=True
+        ).start()
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # the terminal's SIGINT reached litestream too: let it finish
+                continue
+    finally:
+        os.close(fd)
+        shutil.rmtree(folder, ignore_errors=True)

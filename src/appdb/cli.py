@@ -402,6 +402,38 @@ def cmd_backup(args: argparse.Namespace) -> Report:
     )
 
 
+def cmd_replicate(args: argparse.Namespace) -> Report:
+    from . import _litestream, replication
+
+    if args.print_config:
+        text = replication.config_for(args.db, args.to, args.sync_interval)
+        return Report(data={"config": text}, lines=[text.rstrip("\n")])
+    command = args.exec_command[1:] if args.exec_command[:1] == ["--"] else args.exec_command
+    if os.path.isfile(args.db) and (warning := _litestream.policy_warning(args.db)):
+        print(f"appdb: warning: {warning}", file=sys.stderr)
+    code = _litestream.run_foreground(args.db, args.to, args.sync_interval, command)
+    return Report(code, data={"litestream_exit_code": code}, lines=[f"litestream exited with code {code}"])
+
+
+def cmd_restore(args: argparse.Namespace) -> Report:
+    from . import replication
+
+    version = replication.restore(args.replica, args.to, timestamp=args.timestamp, force=args.force)
+    return Report(
+        data={"restored": os.path.abspath(args.to), "from": args.replica, "schema_version": version},
+        lines=[f"restored {args.to} from {args.replica}: schema version {version}"],
+    )
+
+
+def _seconds(text: str) -> float:
+    """A positive interval: seconds, or a number with ms, s, m or h (``1s``, ``500ms``)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*", text)
+    value = float(match[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match[2] or "s"] if match else 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"not a positive interval: {text!r} (e.g. 1s, 500ms)")
+    return value
+
+
 # -- parser ---------------------------------------------------------------------------
 def _version(text: str) -> int:
     try:
@@ -480,6 +512,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("backup", cmd_backup, "write a consistent copy of the database")
     sub.add_argument("dest", help="path of the copy")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    sub = add("replicate", cmd_replicate, "replicate the database with Litestream (in the foreground)")
+    sub.add_argument("--to", required=True, metavar="URL", help="replica URL (file://, s3://, sftp://, ...)")
+    sub.add_argument(
+        "--sync-interval", type=_seconds, default=1.0, metavar="T", help="how often to ship (default 1s)"
+    )
+    sub.add_argument("--print-config", action="store_true", help="print the Litestream configuration only")
+    sub.add_argument(
+        "exec_command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="run COMMAND under Litestream"
+    )
+    sub = add("restore", cmd_restore, "restore a Litestream replica into a new file")
+    sub.add_argument("--from", dest="replica", required=True, metavar="URL", help="replica URL")
+    sub.add_argument("--to", required=True, metavar="FILE", help="the new database file")
+    sub.add_argument("--timestamp", default=None, metavar="ISO8601", help="the point in time to restore")
+    sub.add_argument("--force", action="store_true", help="replace an existing FILE")
     return parser
 
 

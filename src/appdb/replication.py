@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass
@@ -41,8 +40,10 @@ from ._litestream import (
     find_binary,
     lock_file,
     log_lines,
+    policy_warning,
     replica_url,
     start_watchdog,
+    wait_ready,
 )
 
 __all__ = [
@@ -179,6 +180,9 @@ class Replicator:
         if not os.path.isfile(self.db_path):
             raise FileNotFoundError(f"cannot replicate {self.db_path}: no such database file")
         binary = find_binary()
+        warning = policy_warning(self.db_path)
+        if warning:
+            logger.warning("%s", warning)
         self._lock_fd = lock_file(self.db_path + "-litestream.lock")
         try:
             self._dir = tempfile.mkdtemp(prefix="appdb-ls-")
@@ -234,25 +238,12 @@ class Replicator:
             self._watchdog = start_watchdog(self.pid)
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            proc = self._proc
-            if proc is None or proc.poll() is not None:
-                if self._thread is not None:
-                    self._thread.join(2)
-                raise ReplicationError(f"litestream exited at start: {self._tail()}")
-            try:
-                listed = self._request("GET", "/list", timeout=2)
-                if any(
-                    d.get("path") == self.db_path and d.get("status") in ("replicating", "open")
-                    for d in listed.get("databases", [])
-                ):
-                    return
-            except (OSError, ReplicationError):
-                pass
-            if time.monotonic() > deadline:
-                raise ReplicationError(f"litestream did not start replicating in {timeout}s: {self._tail()}")
-            time.sleep(0.02)
+        proc, socket_path = self._proc, self.socket_path
+        assert proc is not None and socket_path is not None
+        if not wait_ready(proc, socket_path, self.db_path, timeout):
+            if self._thread is not None:
+                self._thread.join(2)
+            raise ReplicationError(f"litestream did not start replicating in {timeout}s: {self._tail()}")
 
     def _tail(self) -> str:
         return " | ".join(list(self._recent)[-5:]) or "(no output)"
