@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass
@@ -264,27 +265,35 @@ class Replicator:
     def sync(self, timeout: float = 30.0) -> int:
         """Return once everything committed so far is on the replica; the replica's TXID.
 
-        Asks litestream (``POST /sync`` with ``wait``) to read the WAL to its end now
-        and upload what it read; the answer carries the local TXID reached and the
-        replica's TXID, and anything short of ``replica >= local`` raises
-        ``ReplicationError``. A commit that returned before this call is in the WAL
-        file, so the read covers it.
+        Two control-socket calls. First ``POST /sync`` makes litestream read the WAL
+        to its end now (a commit that returned before this call is in the WAL file)
+        and answers the local TXID ``L`` that read reached. Then ``POST /sync`` with
+        ``wait`` uploads and answers the replica's TXID ``R``, repeated until
+        ``R >= L`` (LTX files upload in TXID order, so ``R >= L`` means all of them).
+        One call is not enough: under concurrent writes its local TXID may already
+        include a later read. ``ReplicationError`` if the replica is not there in
+        ``timeout`` seconds or litestream is not running.
         """
         proc = self._proc
         if proc is None or proc.poll() is not None:
             raise ReplicationError(f"litestream is not running: {self._tail()}")
-        answer = self._request(
-            "POST",
-            "/sync",
-            {"path": self.db_path, "wait": True, "timeout": max(1, round(timeout))},
-            timeout + 5,
-        )
-        local, replica = int(answer.get("txid", 0)), int(answer.get("replicated_txid", 0))
-        if replica < local or local == 0:
-            raise ReplicationError(
-                f"litestream did not confirm the sync: local TXID {local}, replica {replica}"
+        deadline = time.monotonic() + timeout
+        local = int(self._request("POST", "/sync", {"path": self.db_path}, timeout).get("txid", 0))
+        if local == 0:
+            raise ReplicationError(f"litestream has not read {self.db_path} yet: {self._tail()}")
+        while True:
+            left = max(1, round(deadline - time.monotonic()))
+            answer = self._request(
+                "POST", "/sync", {"path": self.db_path, "wait": True, "timeout": left}, left + 5
             )
-        return replica
+            replica = int(answer.get("replicated_txid", 0))
+            if replica >= local:
+                return replica
+            if time.monotonic() > deadline:
+                raise ReplicationError(
+                    f"the replica did not reach TXID {local} in {timeout}s (it is at {replica}): "
+                    + self._tail()
+                )
 
     def status(self) -> ReplicatorStatus:
         """Whether litestream runs, its pid, its state, TXID and last sync time."""
