@@ -324,3 +324,14 @@ def test_migrations_bind_with_the_map_in_dry_runs_too(impl: ModuleType, db_path:
         assert [r.status for r in dry] == ["pending", "pending"], [r.error for r in dry]
         assert [r.status for r in runner.run_migrations(migrations)] == ["applied", "applied"]
         assert database.prepare("SELECT day FROM holiday").scalar() == dt.date(2025, 12, 25)
+
+
+def test_async_init_database_takes_types(impl: ModuleType, db_path: Path) -> None:
+    async def main() -> Any:
+        adb = await aio.init_database(db_path, types=standard(), checkpoints="auto")
+        async with adb:
+            await adb.exec("CREATE TABLE d (day DATE)")
+            await adb.prepare("INSERT INTO d VALUES (?)").run(dt.date(2024, 2, 29))
+            return await adb.prepare("SELECT day FROM d").scalar()
+
+    assert asyncio.run(main()) == dt.date(2024, 2, 29)

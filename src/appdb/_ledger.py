@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import apsw
 
-__all__ = ["MIGRATIONS_TABLE", "schema_version", "table_exists"]
+__all__ = ["BOOKKEEPING_TABLES", "MIGRATIONS_TABLE", "SETTINGS_TABLE", "schema_version", "table_exists"]
 
 #: Bookkeeping table of applied migrations (in ``main``).
 MIGRATIONS_TABLE = "appdb_migrations"
+#: appdb's key/value bookkeeping table (in ``main``), created when a setting is first
+#: written (the checkpoint policy: ``_policy.py``).
+SETTINGS_TABLE = "appdb_settings"
+#: appdb's own tables: never part of the application's schema (migration detection,
+#: schema fingerprints).
+BOOKKEEPING_TABLES = (MIGRATIONS_TABLE, SETTINGS_TABLE)
 
 
 def table_exists(connection: apsw.Connection) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import apsw
 
+from ._ledger import SETTINGS_TABLE
 from .errors import CheckpointPolicyError
 
 __all__ = [
@@ -33,8 +34,6 @@ __all__ = [
 AUTO, EXTERNAL = "auto", "external"
 POLICIES = (AUTO, EXTERNAL)
 
-#: appdb's key/value bookkeeping table (in ``main``), created when a setting is first written.
-SETTINGS_TABLE = "appdb_settings"
 _KEY = "checkpoints"
 
 #: Checkpoint modes refused under "external" unless forced. RESTART and TRUNCATE reset

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from ._fastcache_py import RowIterator, Statement
     from .migrations import Migration
     from .transaction import Transaction
+    from .types import TypeMap
 
 __all__ = [
     "AsyncDatabase",
@@ -228,9 +229,9 @@ class AsyncDatabase:
         """Read or set a pragma on the writer; see ``AppDatabase.pragma``."""
         return await self._call(True, partial(self._db.pragma, name, value))
 
-    async def checkpoint(self, mode: str = "passive") -> CheckpointResult:
+    async def checkpoint(self, mode: str = "passive", *, force: bool = False) -> CheckpointResult:
         """Run a WAL checkpoint; see ``AppDatabase.checkpoint``."""
-        return await self._call(True, partial(self._db.checkpoint, mode))
+        return await self._call(True, partial(self._db.checkpoint, mode, force=force))
 
     async def backup(self, dest_path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
         """Write a consistent copy of the database to ``dest_path``; see ``AppDatabase.backup``."""
@@ -802,6 +803,8 @@ async def init_database(
     readers: int | None = None,
     query_timeout: float | None = None,
     on_connect: OnConnect | None = None,
+    types: TypeMap | None = None,
+    checkpoints: str | None = None,
 ) -> AsyncDatabase:
     """Open a database like :func:`appdb.init_database` (in a thread) and return an :class:`AsyncDatabase`."""
     call = partial(
@@ -818,6 +821,8 @@ async def init_database(
         readers=readers,
         query_timeout=query_timeout,
         on_connect=on_connect,
+        types=types,
+        checkpoints=checkpoints,
     )
     executor = ThreadPoolExecutor(1, thread_name_prefix="appdb-open")
     try:

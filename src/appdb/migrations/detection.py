@@ -20,7 +20,7 @@ from typing import Any
 
 import apsw
 
-from .._ledger import MIGRATIONS_TABLE
+from .._ledger import BOOKKEEPING_TABLES
 from .model import Finding
 
 __all__ = ["SchemaState", "TableState", "Watcher", "capture", "diff", "plural"]
@@ -81,7 +81,7 @@ def capture(connection: apsw.Connection) -> SchemaState:
         for row in connection.execute(
             "SELECT name, type FROM pragma_table_list WHERE schema = 'main' AND type IN ('table', 'virtual')"
         )
-        if not row[0].startswith("sqlite_") and row[0] != MIGRATIONS_TABLE
+        if not row[0].startswith("sqlite_") and row[0] not in BOOKKEEPING_TABLES
     ]
     for name, virtual in listed:
         rootpage, sql = stored.get(name, (0, ""))

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import apsw
 
 from .._connect import configure_connection
-from .._ledger import MIGRATIONS_TABLE
+from .._ledger import BOOKKEEPING_TABLES
 from ..database import AppDatabase
 from ..types import TypeMap
 from .ledger import as_int
@@ -73,8 +73,8 @@ def schema_fingerprint(connection: apsw.Connection) -> dict[str, object]:
     result: dict[str, object] = {}
     rows = connection.execute(
         "SELECT type, name, sql FROM main.sqlite_schema "
-        "WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name != ?",
-        (MIGRATIONS_TABLE,),
+        "WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT IN (?, ?)",
+        BOOKKEEPING_TABLES,
     ).fetchall()
     for kind, name, sql in rows:
         if kind == "table":
