@@ -172,6 +172,12 @@ def test_kill_writer_and_litestream_after_sync(
         assert len(numbers) <= len(confirmed) + 1, (
             f"{where}: {len(numbers)} restored, {len(confirmed)} committed"
         )
+        # Replication picks up again after the crash: the replica catches up with the file.
+        with Replicator(db_path, f"file://{replica}", sync_interval=1.0) as rep:
+            rep.sync()
+        again = tmp_path / f"again{round_}.db"
+        restore(f"file://{replica}", again)
+        assert committed(again) == committed(db_path), where
 
 
 @needs_litestream
