@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
@@ -312,7 +312,13 @@ def policy_warning(db_path: str) -> str | None:
     )
 
 
-def run_foreground(db_path: str, url: str, sync_interval: float, command: Sequence[str] = ()) -> int:
+def run_foreground(
+    db_path: str,
+    url: str,
+    sync_interval: float,
+    command: Sequence[str] = (),
+    announce: Callable[[str], None] = logger.info,
+) -> int:
     """Run ``litestream replicate`` for ``db_path`` until it exits; its exit code.
 
     With ``command``, Litestream runs it (``-exec``) and exits when it exits. Holds
@@ -332,7 +338,7 @@ def run_foreground(db_path: str, url: str, sync_interval: float, command: Sequen
         argv = [binary, "replicate", "-no-expand-env", "-config", config]
         if command:
             argv += ["-exec", shlex.join(command)]
-        logger.info("litestream config %s; control socket %s", config, os.path.join(folder, "s.sock"))
+        announce(f"litestream config {config}, control socket {os.path.join(folder, 's.sock')}")
         child = subprocess.Popen(argv, pass_fds=(fd,))
         threading.Thread(
             target=wait_ready, args=(child, os.path.join(folder, "s.sock"), path, 30.0), daemon=True

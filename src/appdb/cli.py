@@ -411,7 +411,9 @@ def cmd_replicate(args: argparse.Namespace) -> Report:
     command = args.exec_command[1:] if args.exec_command[:1] == ["--"] else args.exec_command
     if os.path.isfile(args.db) and (warning := _litestream.policy_warning(args.db)):
         print(f"appdb: warning: {warning}", file=sys.stderr)
-    code = _litestream.run_foreground(args.db, args.to, args.sync_interval, command)
+    code = _litestream.run_foreground(
+        args.db, args.to, args.sync_interval, command, lambda text: print(f"appdb: {text}", file=sys.stderr)
+    )
     return Report(code, data={"litestream_exit_code": code}, lines=[f"litestream exited with code {code}"])
 
 
