@@ -239,14 +239,23 @@ def lock_file(path: str) -> int:
     return fd
 
 
-def die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: SIGTERM this process when the thread that started it dies (PR_SET_PDEATHSIG)."""
+def die_with_parent() -> Callable[[], None]:
+    """Linux: a ``preexec_fn`` making the child get SIGTERM when the thread that started it ends.
+
+    ``prctl`` is looked up here, in the parent: the child only calls it (no ``dlopen``
+    between fork and exec). The child exits at once if the parent is already gone.
+    """
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:  # pragma: no cover - runs in the child before exec
+        prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 def log_lines(stream: IO[bytes], recent: collections.deque[str]) -> None:
@@ -321,7 +330,9 @@ def run_foreground(
 ) -> int:
     """Run ``litestream replicate`` for ``db_path`` until it exits; its exit code.
 
-    With ``command``, Litestream runs it (``-exec``) and exits when it exits. Holds
+    With ``command``, Litestream runs it (``-exec``) and exits when it exits; on
+    Linux it gets SIGTERM if this process dies. ``announce`` receives the paths of the
+    configuration and the control socket. Holds
     the replicator lock meanwhile; the configuration (with a control socket, for
     ``litestream sync -socket``) lives in a temporary folder that is removed after.
     """
@@ -339,7 +350,8 @@ def run_foreground(
         if command:
             argv += ["-exec", shlex.join(command)]
         announce(f"litestream config {config}, control socket {os.path.join(folder, 's.sock')}")
-        child = subprocess.Popen(argv, pass_fds=(fd,))
+        preexec = die_with_parent() if sys.platform.startswith("linux") else None
+        child = subprocess.Popen(argv, pass_fds=(fd,), preexec_fn=preexec)
         threading.Thread(
             target=wait_ready, args=(child, os.path.join(folder, "s.sock"), path, 30.0), daemon=True
         ).start()

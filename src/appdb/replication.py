@@ -205,7 +205,7 @@ class Replicator:
         started = threading.Event()
         failure: list[BaseException] = []
         linux = sys.platform.startswith("linux")
-        parent = os.getpid()
+        preexec = die_with_parent() if linux else None
         assert self._lock_fd is not None
 
         def run() -> None:
@@ -219,7 +219,7 @@ class Replicator:
                     stderr=subprocess.STDOUT,
                     pass_fds=(self._lock_fd,) if sys.platform != "win32" else (),  # type: ignore[arg-type]
                     start_new_session=True,
-                    preexec_fn=(lambda: die_with_parent(parent)) if linux else None,
+                    preexec_fn=preexec,
                 )
             except BaseException as exc:
                 failure.append(exc)
