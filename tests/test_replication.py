@@ -9,6 +9,7 @@ the writer and litestream are separate processes killed with SIGKILL.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import random
 import signal
@@ -317,6 +318,18 @@ def test_one_replicator_per_database(impl: ModuleType, impl_env: dict[str, str],
         assert first.status().running
     with Replicator(db_path, url):  # released by stop()
         pass
+
+
+@needs_litestream
+def test_litestream_logs_to_the_appdb_logger(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db_path = tmp_path / "app.db"
+    make_db(db_path)
+    with caplog.at_level(logging.DEBUG, logger="appdb"):
+        with Replicator(db_path, f"file://{tmp_path / 'replica'}") as rep:
+            rep.sync()
+    said = [r for r in caplog.records if r.name == "appdb" and r.getMessage().startswith("litestream: ")]
+    assert any("litestream shut down" in r.getMessage() and r.levelno == logging.DEBUG for r in said)
+    assert any("replicating" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
 
 
 def child_outlives_killed_parent(script: str, *args: str, env: dict[str, str] | None = None) -> bool:

@@ -54,7 +54,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("appdb")
-_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING, "ERROR": logging.ERROR}
+# Litestream's INFO lines (start-up, snapshots, checkpoints, compactions) are DEBUG here.
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.DEBUG, "WARN": logging.WARNING, "ERROR": logging.ERROR}
 
 #: Environment variable naming the litestream binary to use.
 ENV_VAR = "LITESTREAM"
@@ -262,7 +263,7 @@ def log_lines(stream: IO[bytes], recent: collections.deque[str]) -> None:
     for raw in stream:
         line = raw.decode("utf-8", "replace").rstrip()
         recent.append(line)
-        level = next((v for k, v in _LEVELS.items() if f"level={k}" in line), logging.INFO)
+        level = next((v for k, v in _LEVELS.items() if f"level={k} " in line), logging.INFO)
         logger.log(level, "litestream: %s", line)
 
 
