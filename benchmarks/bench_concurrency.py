@@ -40,7 +40,7 @@ from typing import Any
 import apsw
 
 from bench_report import Target, fmt_rate, judge
-from bench_workload import COLUMNS, ROW, fresh_copy, pragma_statements
+from bench_workload import COLUMNS, ROW, fresh_copy, new_template, pragma_statements
 
 __all__ = ["ConcurrencyResults", "ConcurrencySettings", "run_concurrency"]
 
@@ -78,13 +78,8 @@ WARM_UP_SECONDS = 0.05  # an untimed window per contender before each scenario's
 
 def build_concurrency_template(path: str) -> None:
     """``t`` (10,000 rows), ``log`` (empty) and ``big`` (200,000 rows of x, y, z), in WAL mode."""
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        if os.path.exists(path + suffix):
-            os.remove(path + suffix)
-    conn = apsw.Connection(path)
+    conn = new_template(path)
     try:
-        conn.execute("PRAGMA journal_mode=OFF").fetchall()
-        conn.execute("PRAGMA synchronous=OFF")
         with conn:
             conn.execute(
                 "CREATE TABLE t (id INTEGER PRIMARY KEY, nul, integer INTEGER, real REAL, text, blob)"

@@ -38,12 +38,10 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
-import apsw
-
 from bench_contenders import AppdbContender, Contender, Op, Sqlite3Contender
 from bench_measure import Settings, Trial, TrialResult, run_trial
 from bench_report import Target, fmt_us, judge
-from bench_workload import SMALL_ROWS, fresh_copy, pragma_statements
+from bench_workload import SMALL_ROWS, fresh_copy, new_template, pragma_statements
 
 __all__ = [
     "TYPES_TRIALS",
@@ -131,13 +129,8 @@ STDLIB = ("stdlib sqlite3, tuples", "sqlite3", "sqlite3+decltypes")
 
 def build_types_template(path: str) -> None:
     """The section's template database: ``native`` and ``typed`` of ``SMALL_ROWS`` rows each, WAL."""
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        if os.path.exists(path + suffix):
-            os.remove(path + suffix)
-    conn = apsw.Connection(path)
+    conn = new_template(path)
     try:
-        conn.execute("PRAGMA journal_mode=OFF").fetchall()
-        conn.execute("PRAGMA synchronous=OFF")
         with conn:
             conn.execute(_SCHEMA)
             cursor = conn.cursor()

@@ -60,15 +60,21 @@ def pragma_statements() -> list[str]:
     return [f"PRAGMA {name}={value}" for name, value in PRAGMAS.items()]
 
 
-def build_template(path: str, scan_rows: int) -> None:
-    """Create the template database: ``small`` (10,000 rows), ``big`` (``scan_rows``), ``probe``."""
+def new_template(path: str) -> apsw.Connection:
+    """A connection to a new, empty template file at ``path`` (old files removed), set for bulk loading."""
     for suffix in ("", "-wal", "-shm", "-journal"):
         if os.path.exists(path + suffix):
             os.remove(path + suffix)
     conn = apsw.Connection(path)
+    conn.execute("PRAGMA journal_mode=OFF").fetchall()
+    conn.execute("PRAGMA synchronous=OFF")
+    return conn
+
+
+def build_template(path: str, scan_rows: int) -> None:
+    """Create the template database: ``small`` (10,000 rows), ``big`` (``scan_rows``), ``probe``."""
+    conn = new_template(path)
     try:
-        conn.execute("PRAGMA journal_mode=OFF").fetchall()
-        conn.execute("PRAGMA synchronous=OFF")
         with conn:
             conn.execute(f"CREATE TABLE small {_SHAPE}")
             conn.execute(f"CREATE TABLE big {_SHAPE}")
