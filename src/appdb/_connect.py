@@ -20,7 +20,7 @@ from .errors import DatabaseOpenError
 from .pragmas import WRITE_PRAGMAS, pragma_sql
 from .types import TypeMap
 
-__all__ = ["ConnectionSpec", "configure_connection", "open_connection"]
+__all__ = ["Connection", "ConnectionSpec", "configure_connection", "open_connection"]
 
 OnConnect = Callable[[apsw.Connection], None]
 
@@ -43,6 +43,27 @@ class ConnectionSpec:
     types: TypeMap | None = None
     #: "auto", "external", or None: follow the policy recorded in the database.
     checkpoints: str | None = None
+
+
+class Connection(apsw.Connection):
+    """APSW's connection, closing appdb's native statements first.
+
+    The compiled hot path prepares statements on the connection through SQLite's
+    C API, where APSW cannot see them; SQLite refuses to close a connection with
+    live statements (APSW then reports ``BusyError`` and leaks the connection). So
+    ``close()`` first calls ``appdb_before_close``, which finalizes them, whoever
+    closes the connection: appdb, or a user through ``AppDatabase.connection``.
+    """
+
+    __slots__ = ("appdb_before_close",)
+
+    appdb_before_close: Callable[[], None] | None
+
+    def close(self, force: bool = False) -> None:
+        hook = getattr(self, "appdb_before_close", None)
+        if hook is not None:
+            hook()
+        super().close(force)
 
 
 # -- the policies ------------------------------------------------------------------
@@ -170,7 +191,8 @@ def open_connection(spec: ConnectionSpec, *, reader: bool = False) -> apsw.Conne
     # execute, so it stays at APSW's default size (100) rather than growing with ours.
     apsw_cache = max(16, min(100, spec.statement_cache_size))
     try:
-        connection = apsw.Connection(spec.path, flags=flags, statementcachesize=apsw_cache, vfs=spec.vfs)
+        connection = Connection(spec.path, flags=flags, statementcachesize=apsw_cache, vfs=spec.vfs)
+        connection.appdb_before_close = None
     except _OPEN_ERRORS as exc:
         raise DatabaseOpenError(f"cannot open database {spec.path!r}: {exc}") from exc
     try:

@@ -57,10 +57,39 @@ cdef extern from *:
     """
     object appdb_new_pair(object t, object a, object b)
 from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
+from libc.stdlib cimport malloc, realloc, free
+cimport cython
+
+cdef extern from "_native.h":
+    ctypedef struct sqlite3
+    ctypedef struct sqlite3_stmt
+    ctypedef long long sqlite3_int64
+    int SQLITE_OK, SQLITE_ROW, SQLITE_DONE, SQLITE_VERSION_NUMBER
+    int appdb_native_loaded()
+    int appdb_native_version()
+    int appdb_prepare(sqlite3* db, const char* sql, int n, sqlite3_stmt** out)
+    int appdb_bind(sqlite3_stmt* st, int i, object value)
+    object appdb_column(sqlite3_stmt* st, int i)
+    object appdb_row_tuple(sqlite3_stmt* st, int n)
+    object appdb_row_dict(sqlite3_stmt* st, int n, object names)
+    int appdb_pending() except -1
+    int sqlite3_step(sqlite3_stmt* st) nogil
+    int sqlite3_reset(sqlite3_stmt* st)
+    int sqlite3_clear_bindings(sqlite3_stmt* st)
+    int sqlite3_finalize(sqlite3_stmt* st)
+    int sqlite3_column_count(sqlite3_stmt* st)
+    int sqlite3_bind_parameter_count(sqlite3_stmt* st)
+    const char* sqlite3_bind_parameter_name(sqlite3_stmt* st, int i)
+    int sqlite3_extended_errcode(sqlite3* db)
+    const char* sqlite3_errmsg(sqlite3* db)
+    int sqlite3_error_offset(sqlite3* db)
+    sqlite3_int64 sqlite3_changes64(sqlite3* db)
+    sqlite3_int64 sqlite3_last_insert_rowid(sqlite3* db)
 
 import os
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 
 import apsw
@@ -115,6 +144,116 @@ def _count_fork():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_count_fork)
+
+
+# -- the native path ---------------------------------------------------------------
+# Statements run through SQLite's C API (see _native.h) once this module has been
+# loaded into APSW's SQLite as an extension. That happens once per process, here,
+# on a throwaway in-memory connection: the routines table belongs to the library,
+# not to a connection. Anything that goes wrong leaves the APSW-cursor path, which
+# behaves identically (it is the pure-Python twin's path), and NATIVE_STATUS says why.
+
+cdef object _FALLBACK = object()  # a native call that APSW's cursor must make instead
+
+
+cdef int _version_number(str version) except -1:
+    cdef list parts = [int(p) for p in version.split(".")[:3]]
+    parts += [0] * (3 - len(parts))
+    return parts[0] * 1000000 + parts[1] * 1000 + parts[2]
+
+
+def _load_native():
+    if os.environ.get("APPDB_NO_NATIVE", "") not in ("", "0"):
+        return False, "off: APPDB_NO_NATIVE is set"
+    path = __file__
+    try:
+        connection = apsw.Connection(":memory:")
+        try:
+            connection.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 1)
+            connection.load_extension(path, "appdb_fastcache_init")
+        finally:
+            connection.close()
+    except (apsw.Error, AttributeError, OSError, TypeError) as exc:
+        return False, f"off: APSW could not load {path} as a SQLite extension ({type(exc).__name__}: {exc})"
+    if not appdb_native_loaded():
+        return False, "off: SQLite did not call appdb_fastcache_init"
+    runtime = appdb_native_version()
+    expected = _version_number(apsw.sqlite_lib_version())
+    if runtime != expected:
+        return False, f"off: the extension reached SQLite {runtime}, APSW reports {apsw.sqlite_lib_version()}"
+    if runtime < SQLITE_VERSION_NUMBER:
+        return False, f"off: SQLite {apsw.sqlite_lib_version()} is older than the header compiled in ({SQLITE_VERSION_NUMBER})"
+    return True, f"on: SQLite {apsw.sqlite_lib_version()}'s C API, reached as a loadable extension of APSW"
+
+
+cdef bint _native_on
+_native_on, NATIVE_STATUS = _load_native()
+#: True when statements run through SQLite's C API (else through APSW's cursors).
+NATIVE = _native_on
+
+
+cdef class _Native:
+    """The native side of one connection: its ``sqlite3*`` and the statements holding handles on it.
+
+    It is the connection's ``appdb_before_close`` hook (``appdb._connect.Connection``):
+    before APSW closes the connection, every handle prepared on it is finalized
+    (SQLite refuses to close a connection with live statements, and APSW then
+    leaks it), under the writer lock for the writer, so no call is mid-step.
+    """
+
+    cdef sqlite3* db
+    cdef readonly Py_ssize_t index
+    cdef object users  # WeakSet of the Statements holding a handle on this connection
+    cdef object core  # weakref to the DatabaseCore (the writer's hook takes its lock)
+    cdef Py_ssize_t out  # handles checked out by calls running now
+    cdef long long forks
+
+    def __init__(self, connection, Py_ssize_t index):
+        self.db = <sqlite3*><size_t>connection.sqlite3_pointer()
+        self.index = index
+        self.users = weakref.WeakSet()
+        self.core = None
+        self.out = 0
+        self.forks = _forks
+
+    def __call__(self):
+        cdef ConnectionLock lock = None
+        cdef DatabaseCore core = None
+        if self.db == NULL:
+            return
+        if self.forks != _forks:  # the parent's connection: never touch it here
+            self.db = NULL
+            return
+        if self.index == 0 and self.core is not None:
+            core = self.core()
+            if core is not None:
+                lock = core.lock
+                lock._acquire()
+        try:
+            if self.out:
+                raise apsw.ThreadingViolationError(
+                    "cannot close the connection while one of its statements runs (re-entrantly, from this thread)"
+                )
+            for statement in list(self.users):
+                (<Statement>statement)._release_native(self)
+            self.db = NULL
+        finally:
+            if lock is not None:
+                lock._release()
+
+
+cdef _Native _native_for(object connection, Py_ssize_t index):
+    """A connection's native side, installed as its close hook (None: this connection stays on APSW's cursors)."""
+    if not _native_on:
+        return None
+    try:
+        if connection.appdb_before_close is not None:
+            return None  # already someone else's
+    except AttributeError:  # not appdb's Connection class: no hook, so no native handles
+        return None
+    native = _Native(connection, index)
+    connection.appdb_before_close = native
+    return native
 
 
 cdef inline bint _is_scalar(object value):
@@ -303,11 +442,18 @@ cdef class Slot:
     cdef public object connection
     cdef public Py_ssize_t index
     cdef public unsigned long owner
+    cdef _Native _native
 
     def __init__(self, connection, Py_ssize_t index):
         self.connection = connection
         self.index = index
         self.owner = 0  # the thread using a reader, 0 while it is in the pool
+        self._native = _native_for(connection, index)
+
+    @property
+    def native(self):
+        """True when statements run on this connection through SQLite's C API."""
+        return self._native is not None and self._native.db != NULL
 
 
 cdef class DatabaseCore:
@@ -404,6 +550,8 @@ cdef class DatabaseCore:
     def set_writer(self, connection):
         """Make ``connection`` the writer (at open, and in a child process after fork)."""
         self.writer = Slot(connection, 0)
+        if self.writer._native is not None:
+            self.writer._native.core = weakref.ref(self)
         self._changes = connection.changes  # bound once: run() calls them every time
         self._last_insert_rowid = connection.last_insert_rowid
 
@@ -589,6 +737,7 @@ cdef class DatabaseCore:
         _close_readers(self)
 
 
+@cython.no_gc_clear  # keeps the connections of its native handles alive until __dealloc__ finalizes them
 cdef class Statement:
     """A prepared SQL statement bound to one database.
 
@@ -618,12 +767,46 @@ cdef class Statement:
     cdef long long _last_used
     cdef long long _generation
     cdef long long _epoch
+    # The native path: a sqlite3_stmt per connection (indexed like _cursors), the
+    # sqlite3* it was prepared on, and the connection object (kept alive, see
+    # no_gc_clear above). A running call checks its handle out (the entry is NULL
+    # meanwhile), so a re-entrant call prepares its own.
+    cdef sqlite3_stmt** _handles
+    cdef sqlite3** _handle_dbs
+    cdef Py_ssize_t _nhandles
+    cdef list _handle_connections
+    cdef long long _handle_forks
+    cdef bint _native  # False once the SQL is known to need APSW's cursor (several statements, say)
+    cdef bytes _sql_utf8
+    cdef int _nparams  # -1 until the first native prepare
+    cdef tuple _param_keys  # the mapping key of each parameter, or None if one has no name
     cdef object __weakref__
+
+    def __cinit__(self):
+        self._handles = NULL
+        self._handle_dbs = NULL
+        self._nhandles = 0
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self._handles != NULL:
+            if self._handle_forks == _forks:  # never finalize a parent's statement in a child
+                for i in range(self._nhandles):
+                    if self._handles[i] != NULL:
+                        sqlite3_finalize(self._handles[i])
+            free(self._handles)
+            free(self._handle_dbs)
+            self._handles = NULL
+            self._handle_dbs = NULL
 
     def __init__(self, DatabaseCore core, str sql, bint as_dict):
         self._core = core
         self._sql = sql
         self._as_dict = as_dict
+        self._native = _native_on
+        self._nparams = -1
+        self._handle_connections = []
+        self._handle_forks = _forks
         self._cursors = [None] * (core.max_readers + 1)
         self._executes = [None] * (core.max_readers + 1)
         self._epoch = core.epoch
@@ -755,6 +938,7 @@ cdef class Statement:
         """After ``fork()``: the cursors belong to the parent's connections; never touch them."""
         for cursor in self._cursors:
             leak(cursor)
+        self._forget_native_handles()
         self._cursors = [None] * (self._core.max_readers + 1)
         self._executes = [None] * (self._core.max_readers + 1)
         self._epoch = self._core.epoch
@@ -767,7 +951,9 @@ cdef class Statement:
         if self._epoch != self._core.epoch:
             for cursor in cursors:
                 leak(cursor)
+            self._forget_native_handles()
             return
+        self._release_native(None)
         for cursor in cursors:
             if cursor is not None:
                 try:
@@ -887,12 +1073,207 @@ cdef class Statement:
         """Discard ``cursor`` after an error; return the translated error if any."""
         if self._core.closed:  # close() from another thread pulled the connection away
             return _closed_error(self._core.path)
-        self._forget(cursor, index)
+        if cursor is not None:
+            self._forget(cursor, index)
         if token is not None:
             error = token.translate(exc, self._sql)
             if error is not None:
                 return error
         return binding_error(exc, self._sql, self._names, bindings)
+
+    # -- the native path -----------------------------------------------------
+    cdef void _forget_native_handles(self):
+        """After ``fork()``: drop the parent's handles unfinalized, keeping their connections alive."""
+        cdef Py_ssize_t i
+        for i in range(self._nhandles):
+            self._handles[i] = NULL
+            self._handle_dbs[i] = NULL
+        for connection in self._handle_connections:
+            leak(connection)
+        self._handle_connections = [None] * self._nhandles
+        self._handle_forks = _forks
+
+    cdef int _release_native(self, _Native native) except -1:
+        """Finalize the handles prepared on ``native``'s connection (all of them for None)."""
+        cdef Py_ssize_t i
+        if self._handle_forks != _forks:
+            self._forget_native_handles()
+            return 0
+        for i in range(self._nhandles):
+            if self._handles[i] != NULL and (native is None or self._handle_dbs[i] == native.db):
+                sqlite3_finalize(self._handles[i])
+                self._handles[i] = NULL
+                self._handle_dbs[i] = NULL
+                self._handle_connections[i] = None
+        return 0
+
+    cdef int _grow_handles(self, Py_ssize_t size) except -1:
+        cdef Py_ssize_t i
+        cdef sqlite3_stmt** handles = <sqlite3_stmt**>realloc(self._handles, size * sizeof(sqlite3_stmt*))
+        if handles == NULL:
+            raise MemoryError()
+        self._handles = handles
+        cdef sqlite3** dbs = <sqlite3**>realloc(self._handle_dbs, size * sizeof(sqlite3*))
+        if dbs == NULL:
+            raise MemoryError()
+        self._handle_dbs = dbs
+        for i in range(self._nhandles, size):
+            self._handles[i] = NULL
+            self._handle_dbs[i] = NULL
+        self._handle_connections.extend([None] * (size - self._nhandles))
+        self._nhandles = size
+        return 0
+
+    cdef sqlite3_stmt* _native_prepare(self, _Native native) except? NULL:
+        """A new handle on ``native``'s connection; NULL when this call must use APSW's cursor."""
+        cdef sqlite3_stmt* st = NULL
+        cdef const char* name
+        cdef int rc, i
+        if self._sql_utf8 is None:
+            try:
+                self._sql_utf8 = self._sql.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates: APSW's cursor reports them
+                self._native = False
+                return NULL
+        if len(self._sql_utf8) > 0x7FFFFFFF:
+            self._native = False
+            return NULL
+        rc = appdb_prepare(native.db, self._sql_utf8, <int>len(self._sql_utf8), &st)
+        if rc != SQLITE_OK:  # several statements, none, or an error APSW reports in its words
+            if st == NULL and rc == 21:  # SQLITE_MISUSE: not exactly one statement
+                self._native = False
+            return NULL
+        if self._nparams < 0:
+            keys = []
+            for i in range(1, sqlite3_bind_parameter_count(st) + 1):
+                name = sqlite3_bind_parameter_name(st, i)
+                if name == NULL or name[0] == b"?":
+                    keys = None  # positional: a mapping goes through APSW's cursor
+                    break
+                keys.append((<bytes>name)[1:].decode("utf-8"))  # APSW drops the :, $ or @
+            self._param_keys = None if keys is None else tuple(keys)
+            self._nparams = sqlite3_bind_parameter_count(st)
+        native.users.add(self)
+        return st
+
+    cdef int _native_bind(self, sqlite3_stmt* st, object bindings) except -1:
+        """Bind ``bindings``: 1 when done, 0 when APSW's cursor must bind them (and report errors)."""
+        cdef Py_ssize_t i, n
+        cdef int rc
+        cdef PyObject* found
+        cdef type t = type(bindings)
+        cdef tuple keys
+        if t is tuple or t is list:
+            n = len(bindings)
+            if n != self._nparams:
+                return 0
+            for i in range(n):
+                if t is tuple:
+                    rc = appdb_bind(st, <int>(i + 1), <object>PyTuple_GET_ITEM(bindings, i))
+                else:
+                    rc = appdb_bind(st, <int>(i + 1), <object>PyList_GET_ITEM(bindings, i))
+                if rc != 1:
+                    return 0
+            return 1
+        if t is dict and self._param_keys is not None:
+            keys = self._param_keys
+            for i in range(PyTuple_GET_SIZE(keys)):
+                found = PyDict_GetItem(bindings, <object>PyTuple_GET_ITEM(keys, i))
+                if found == NULL or appdb_bind(st, <int>(i + 1), <object>found) != 1:
+                    return 0
+            return 1
+        return 0
+
+    cdef object _native_error(self, sqlite3* db):
+        """APSW's exception for the error SQLite just reported on ``db`` (same class, message, attributes)."""
+        cdef int code = sqlite3_extended_errcode(db)
+        exc = apsw.exception_for(code)
+        exc.args = ((<bytes>sqlite3_errmsg(db)).decode("utf-8", "replace"),)
+        exc.error_offset = sqlite3_error_offset(db)
+        return exc
+
+    cdef object _native_call(self, int kind, Slot slot, object connection, object bindings):
+        """Run once through SQLite's C API; ``_FALLBACK`` when APSW's cursor must run it."""
+        cdef _Native native = slot._native
+        cdef Py_ssize_t index = slot.index
+        cdef sqlite3* db = native.db
+        cdef sqlite3_stmt* st
+        cdef int rc, n
+        cdef list rows
+        if db == NULL:  # the connection was closed: APSW's cursor reports it
+            return _FALLBACK
+        if index >= self._nhandles:
+            self._grow_handles(index + 1)
+        st = self._handles[index]
+        if st != NULL and self._handle_dbs[index] == db:
+            self._handles[index] = NULL  # checked out
+        else:
+            st = self._native_prepare(native)
+            if st == NULL:
+                return _FALLBACK
+        native.out += 1
+        try:
+            if not self._native_bind(st, bindings):
+                sqlite3_clear_bindings(st)
+                return _FALLBACK
+            with nogil:
+                rc = sqlite3_step(st)
+            if kind == _RUN:
+                while rc == SQLITE_ROW:
+                    appdb_pending()
+                    with nogil:
+                        rc = sqlite3_step(st)
+                if rc == SQLITE_DONE:
+                    appdb_pending()
+                    result = appdb_new_pair(_RunResult, sqlite3_changes64(db), sqlite3_last_insert_rowid(db))
+            elif kind == _ALL:
+                rows = []
+                while rc == SQLITE_ROW:
+                    appdb_pending()
+                    rows.append(self._native_row(st, connection))
+                    with nogil:
+                        rc = sqlite3_step(st)
+                if rc == SQLITE_DONE:
+                    appdb_pending()
+                    result = rows
+            else:
+                if rc == SQLITE_ROW:
+                    appdb_pending()
+                    if kind == _SCALAR and self._convert is None:
+                        n = sqlite3_column_count(st)
+                        result = appdb_column(st, 0) if n else None
+                    elif kind == _SCALAR:
+                        row = self._converted(appdb_row_tuple(st, sqlite3_column_count(st)), connection)
+                        result = row[0] if len(row) else None
+                    else:
+                        result = self._native_row(st, connection)
+                    rc = SQLITE_DONE
+                elif rc == SQLITE_DONE:
+                    appdb_pending()
+                    result = None
+            if rc != SQLITE_DONE:
+                appdb_pending()  # an APSW callback's exception wins, as in APSW
+                raise self._native_error(db)
+        finally:
+            sqlite3_reset(st)  # no read snapshot outlives the call
+            native.out -= 1
+            if self._handles[index] == NULL and native.db == db and self._handle_forks == _forks:
+                self._handles[index] = st
+                self._handle_dbs[index] = db
+                self._handle_connections[index] = connection
+            else:  # a re-entrant call put its own back first, or the connection is going
+                sqlite3_finalize(st)
+        if self._changes_schema:
+            self._core._generation += 1
+        return result
+
+    cdef inline object _native_row(self, sqlite3_stmt* st, object connection):
+        cdef int n = sqlite3_column_count(st)
+        if self._convert is None and n == PyTuple_GET_SIZE(self._columns):
+            if self._as_dict:
+                return appdb_row_dict(st, n, self._columns)
+            return appdb_row_tuple(st, n)
+        return self._row(appdb_row_tuple(st, n), connection)  # converters, or the schema changed
 
     # -- routing -----------------------------------------------------------
     cdef object _call(self, int kind, object bindings):
@@ -937,12 +1318,17 @@ cdef class Statement:
             if self._epoch != core.epoch:
                 self._new_epoch()
             connection = slot.connection
-            cursor = self._cursor_on(slot)
+            cursor = None
             if self._generation != core._generation:
                 self._describe(connection, True)
             try:
                 if token is not None:
                     token.arm(connection)
+                if self._native and slot._native is not None:
+                    result = self._native_call(kind, slot, connection, bindings)
+                    if result is not _FALLBACK:
+                        return result
+                cursor = self._cursor_on(slot)
                 return self._execute(
                     kind, cursor, <object>PyList_GET_ITEM(self._executes, slot.index), slot.index, connection,
                     bindings,
@@ -982,20 +1368,25 @@ cdef class Statement:
             if self._generation != core._generation:
                 self._describe(connection, False)
             busy = self._busy
-            cursor = <object>PyList_GET_ITEM(self._cursors, 0)
-            if cursor is None or busy:
-                cursor = connection.cursor()  # re-entered: a fresh cursor of its own
-                execute = cursor.execute
-                if not busy:
-                    self._cursors[0] = cursor
-                    self._executes[0] = execute
-            else:
-                execute = <object>PyList_GET_ITEM(self._executes, 0)
+            cursor = None
             self._busy = True
             try:
                 if token is not None:
                     token.arm(connection)
-                result = self._execute(kind, cursor, execute, 0, connection, bindings)
+                result = _FALLBACK
+                if self._native and core.writer._native is not None:
+                    result = self._native_call(kind, core.writer, connection, bindings)
+                if result is _FALLBACK:
+                    cursor = <object>PyList_GET_ITEM(self._cursors, 0)
+                    if cursor is None or busy:
+                        cursor = connection.cursor()  # re-entered: a fresh cursor of its own
+                        execute = cursor.execute
+                        if not busy:
+                            self._cursors[0] = cursor
+                            self._executes[0] = execute
+                    else:
+                        execute = <object>PyList_GET_ITEM(self._executes, 0)
+                    result = self._execute(kind, cursor, execute, 0, connection, bindings)
             except BaseException as exc:
                 error = self._failed(exc, cursor, 0, bindings, token)
                 if error is None:
