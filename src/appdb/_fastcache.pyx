@@ -231,6 +231,7 @@ cdef class _Native:
     cdef sqlite3* db
     cdef readonly Py_ssize_t index
     cdef object users  # WeakSet of the Statements holding a handle on this connection
+    cdef object iterators  # WeakSet of the RowIterators holding a handle on it between rows
     cdef object core  # weakref to the DatabaseCore (the writer's hook takes its lock)
     cdef Py_ssize_t out  # handles checked out by calls running now
     cdef long long forks
@@ -239,6 +240,7 @@ cdef class _Native:
         self.db = <sqlite3*><size_t>connection.sqlite3_pointer()
         self.index = index
         self.users = weakref.WeakSet()
+        self.iterators = weakref.WeakSet()
         self.core = None
         self.out = 0
         self.forks = _forks
@@ -261,6 +263,9 @@ cdef class _Native:
                 raise apsw.ThreadingViolationError(
                     "cannot close the connection while one of its statements runs (re-entrantly, from this thread)"
                 )
+            for iterator in list(self.iterators):
+                (<RowIterator>iterator)._drop_native()
+            self.iterators.clear()
             for statement in list(self.users):
                 (<Statement>statement)._release_native(self)
             self.db = NULL
@@ -1221,6 +1226,61 @@ cdef class Statement:
         exc.error_offset = sqlite3_error_offset(db)
         return exc
 
+    cdef sqlite3_stmt* _take_handle(self, _Native native, Py_ssize_t index) except? NULL:
+        """Check this statement's handle on ``native``'s connection out (preparing one if needed).
+
+        NULL when the call must go through APSW's cursor. ``_give_handle`` puts it back.
+        """
+        cdef sqlite3_stmt* st
+        cdef DatabaseCore core
+        if native.db == NULL:  # the connection was closed: APSW's cursor reports it
+            return NULL
+        if self._handle_forks != _forks:  # in a child process since the handles were made
+            core = self._core
+            if core.forks != _forks:
+                core.check_fork()
+            if self._epoch != core.epoch:
+                self._new_epoch()  # a file database: the parent's handles are never touched
+            else:
+                self._handle_forks = _forks  # in memory: the copied connection and its handles are ours
+        if index >= self._nhandles:
+            self._grow_handles(index + 1)
+        st = self._handles[index]
+        if st != NULL and self._handle_dbs[index] == native.db:
+            self._handles[index] = NULL  # checked out
+            return st
+        return self._native_prepare(native)
+
+    cdef void _give_handle(self, _Native native, Py_ssize_t index, sqlite3_stmt* st, object connection):
+        """Reset a checked-out handle and put it back (or finalize it, if another took its place)."""
+        sqlite3_reset(st)  # no read snapshot outlives the call
+        if (
+            index < self._nhandles and self._handles[index] == NULL
+            and native.db != NULL and self._handle_forks == _forks
+        ):
+            self._handles[index] = st
+            self._handle_dbs[index] = native.db
+            self._handle_connections[index] = connection
+        else:  # a re-entrant call put its own back first
+            sqlite3_finalize(st)
+
+    cdef int _first_step(self, sqlite3_stmt* st, sqlite3* db) noexcept:
+        """The first step of a run."""
+        cdef int rc
+        # SQLite runs without the GIL, as under APSW, so other threads run meanwhile,
+        # unless the statement cannot wait for a lock (it holds the snapshot or the
+        # write lock it needs already) nor loop: then handing the GIL over and back
+        # costs more than the step (410 of 9,686 instructions of a get() inside a
+        # transaction, callgrind).
+        if (
+            self._short and not sqlite3_get_autocommit(db)
+            and sqlite3_txn_state(db, NULL) >= (SQLITE_TXN_READ if self._readonly else SQLITE_TXN_WRITE)
+        ):
+            return sqlite3_step(st)
+        with nogil:
+            rc = sqlite3_step(st)
+        return rc
+
     cdef object _native_call(self, int kind, Slot slot, object connection, object bindings):
         """Run once through SQLite's C API; ``_FALLBACK`` when APSW's cursor must run it."""
         cdef _Native native = slot._native
@@ -1229,33 +1289,16 @@ cdef class Statement:
         cdef sqlite3_stmt* st
         cdef int rc, n, mark
         cdef list rows
-        if db == NULL:  # the connection was closed: APSW's cursor reports it
+        st = self._take_handle(native, index)
+        if st == NULL:
             return _FALLBACK
-        if index >= self._nhandles:
-            self._grow_handles(index + 1)
-        st = self._handles[index]
-        if st != NULL and self._handle_dbs[index] == db:
-            self._handles[index] = NULL  # checked out
-        else:
-            st = self._native_prepare(native)
-            if st == NULL:
-                return _FALLBACK
         native.out += 1
         try:
             if not self._native_bind(st, bindings):
                 sqlite3_clear_bindings(st)
                 return _FALLBACK
-            # SQLite runs without the GIL, as under APSW, so other threads run meanwhile,
-            # unless the statement cannot wait for a lock (it holds the snapshot or the
-            # write lock it needs already) nor loop: then handing the GIL over and back
-            # costs more than the step (410 of 9,686 instructions of a get() inside a
-            # transaction, callgrind).
             mark = sqlite3_stmt_status(st, SQLITE_STMTSTATUS_VM_STEP, 0)
-            if self._short and not sqlite3_get_autocommit(db) and sqlite3_txn_state(db, NULL) >= (SQLITE_TXN_READ if self._readonly else SQLITE_TXN_WRITE):
-                rc = sqlite3_step(st)
-            else:
-                with nogil:
-                    rc = sqlite3_step(st)
+            rc = self._first_step(st, db)
             if kind == _RUN:
                 while rc == SQLITE_ROW:
                     appdb_pending()
@@ -1291,14 +1334,8 @@ cdef class Statement:
                 appdb_pending()  # an APSW callback's exception wins, as in APSW
                 raise self._native_error(db)
         finally:
-            sqlite3_reset(st)  # no read snapshot outlives the call
             native.out -= 1
-            if self._handles[index] == NULL and native.db == db and self._handle_forks == _forks:
-                self._handles[index] = st
-                self._handle_dbs[index] = db
-                self._handle_connections[index] = connection
-            else:  # a re-entrant call put its own back first, or the connection is going
-                sqlite3_finalize(st)
+            self._give_handle(native, index, st, connection)
         if self._changes_schema:
             self._core._generation += 1
         return result
@@ -1475,6 +1512,10 @@ cdef class Statement:
         try:
             if self._generation != core._generation:
                 self._describe(connection, slot is not None)
+            if self._native:
+                iterator = self._iterate_native(core.writer if slot is None else slot, connection, bindings)
+                if iterator is not None:
+                    return iterator
             cursor = connection.cursor()
             token = _limits_start(core, False, self._short) if core.limits_active else None
             try:
@@ -1503,6 +1544,59 @@ cdef class Statement:
             if slot is None:
                 core.lock._release()
         return RowIterator(self, cursor, slot)
+
+    cdef object _iterate_native(self, Slot slot, object connection, object bindings):
+        """``iterate`` through SQLite's C API: a RowIterator, or None for APSW's cursor.
+
+        Like APSW's ``execute``, the first step runs here, so errors and side effects
+        happen at the ``iterate()`` call. The caller holds ``slot`` (and gives a
+        reader back if this raises).
+        """
+        cdef DatabaseCore core = self._core
+        cdef _Native native = slot._native
+        cdef sqlite3_stmt* st
+        cdef sqlite3* db
+        cdef int rc, mark
+        cdef RowIterator iterator
+        if native is None:
+            return None
+        db = native.db
+        st = self._take_handle(native, slot.index)
+        if st == NULL:
+            return None
+        if not self._native_bind(st, bindings):
+            sqlite3_clear_bindings(st)
+            self._give_handle(native, slot.index, st, connection)
+            return None
+        token = _limits_start(core, False, self._short) if core.limits_active else None
+        native.out += 1
+        try:
+            if token is not None:
+                token.writer = slot.index == 0  # a timeout on the writer ends its transaction
+                token.arm(connection)
+            mark = sqlite3_stmt_status(st, SQLITE_STMTSTATUS_VM_STEP, 0)
+            rc = self._first_step(st, db)
+            appdb_pending()
+            if rc != SQLITE_ROW and rc != SQLITE_DONE:
+                raise self._native_error(db)
+        except BaseException as exc:
+            native.out -= 1
+            self._give_handle(native, slot.index, st, connection)
+            error = token.translate(exc, self._sql) if token is not None else None
+            if error is None:
+                raise
+            raise error from None
+        finally:
+            if token is not None:
+                token.disarm(connection)
+        native.out -= 1
+        if self._changes_schema:
+            core._generation += 1
+        iterator = RowIterator(self, None, None if slot.index == 0 else slot)
+        iterator._own(st, native, slot.index, connection, mark)
+        if rc == SQLITE_DONE:  # no rows: done now (the reader goes back at once)
+            iterator._finish()
+        return iterator
 
     def run_many(self, seq_of_params):
         """Execute once per item of ``seq_of_params`` (sequences, mappings or single values).
@@ -1576,6 +1670,7 @@ cdef class _CheckedMany:
         return item
 
 
+@cython.no_gc_clear  # keeps the connection of its native handle alive until it is given back
 cdef class RowIterator:
     """Iterator over the rows of one execution; resets the statement when done.
 
@@ -1587,7 +1682,25 @@ cdef class RowIterator:
     cdef object _cursor
     cdef Slot _slot
     cdef long long _epoch
+    # The native path: the statement handle it holds (checked out of the Statement),
+    # on native's connection; _fresh while the first step's row is unread.
+    cdef sqlite3_stmt* _st
+    cdef _Native _native
+    cdef Py_ssize_t _index
+    cdef object _connection
+    cdef int _mark
+    cdef bint _fresh
+    cdef bint _dropped  # the connection closed under it (APSW closes its cursors then)
     cdef object __weakref__
+
+    def __cinit__(self):
+        self._st = NULL
+
+    def __dealloc__(self):
+        # Only when __del__ could not give the handle back: finalize it, unless inherited across fork().
+        if self._st != NULL and self._statement is not None and self._statement._handle_forks == _forks:
+            sqlite3_finalize(self._st)
+        self._st = NULL
 
     def __init__(self, Statement statement, cursor, Slot slot):
         self._statement = statement
@@ -1595,10 +1708,28 @@ cdef class RowIterator:
         self._slot = slot
         self._epoch = statement._core.epoch
 
+    cdef void _own(self, sqlite3_stmt* st, _Native native, Py_ssize_t index, object connection, int mark):
+        self._st = st
+        self._native = native
+        self._index = index
+        self._connection = connection
+        self._mark = mark
+        self._fresh = True
+        native.iterators.add(self)
+
+    cdef void _drop_native(self):
+        """The connection is closing (its hook, under the writer lock): finalize the handle."""
+        if self._st != NULL:
+            sqlite3_finalize(self._st)
+            self._st = NULL
+            self._dropped = True
+
     def __iter__(self):
         return self
 
     def __next__(self):
+        if self._native is not None:
+            return self._next_native()
         cursor = self._cursor
         if cursor is None:
             raise StopIteration
@@ -1637,8 +1768,74 @@ cdef class RowIterator:
             if writer:
                 core.lock._release()
 
+    cdef object _next_native(self):
+        cdef Statement statement = self._statement
+        cdef DatabaseCore core = statement._core
+        cdef bint writer = self._slot is None
+        cdef _Native native = self._native
+        cdef int rc
+        if self._st == NULL:
+            if self._dropped:
+                self._dropped = False
+                self._finish()
+                raise apsw.CursorClosedError("The cursor has been closed")
+            raise StopIteration
+        if core.forks != _forks:
+            core.check_fork()
+        if writer:
+            core.lock._acquire()
+        try:
+            if core.closed or self._epoch != core.epoch:
+                self._finish()
+                raise _closed_error(core.path)
+            if self._st == NULL:  # closed while this thread waited for the lock
+                self._dropped = False
+                self._finish()
+                raise apsw.CursorClosedError("The cursor has been closed")
+            connection = self._connection
+            if self._fresh:
+                self._fresh = False
+            else:
+                token = _limits_start(core, False, statement._short) if core.limits_active else None
+                native.out += 1
+                try:
+                    if token is not None:
+                        token.writer = writer  # a timeout on the writer ends its transaction
+                        token.arm(connection)  # raises QueryTimeout once the deadline has passed
+                    rc = _step_next(self._st, &self._mark)
+                    appdb_pending()
+                    if rc == SQLITE_DONE:
+                        native.out -= 1
+                        self._finish()
+                        raise StopIteration
+                    if rc != SQLITE_ROW:
+                        raise statement._native_error(native.db)
+                except StopIteration:
+                    raise
+                except BaseException as exc:
+                    native.out -= 1
+                    self._finish()
+                    error = token.translate(exc, statement._sql) if token is not None else None
+                    if error is None:
+                        raise
+                    raise error from None
+                finally:
+                    if token is not None:
+                        token.disarm(connection)
+                native.out -= 1
+            try:
+                return statement._native_row(self._st, connection)
+            except BaseException:
+                self._finish()
+                raise
+        finally:
+            if writer:
+                core.lock._release()
+
     cdef int _finish(self) except -1:
         """Reset the statement and give the reader back (call with the writer lock for the writer)."""
+        if self._native is not None:
+            return self._finish_native()
         cursor = self._cursor
         cdef Slot slot = self._slot
         self._cursor = None
@@ -1656,8 +1853,30 @@ cdef class RowIterator:
             core._checkin(slot)
         return 0
 
+    cdef int _finish_native(self) except -1:
+        cdef sqlite3_stmt* st = self._st
+        cdef Slot slot = self._slot
+        cdef _Native native = self._native
+        self._st = NULL
+        self._slot = None
+        cdef DatabaseCore core = self._statement._core
+        if self._epoch != core.epoch:  # inherited across fork(): never touch it, nor its reader
+            leak(self._connection)
+            return 0
+        if st != NULL:
+            native.iterators.discard(self)
+            self._statement._give_handle(native, self._index, st, self._connection)
+        if slot is not None:
+            core._checkin(slot)
+        return 0
+
     def close(self):
         """Stop iterating and reset the statement now."""
+        if self._native is not None:
+            if self._st == NULL and self._slot is None:
+                return
+            self._close_native()
+            return
         if self._cursor is None:
             return
         cdef DatabaseCore core = self._statement._core
@@ -1671,6 +1890,20 @@ cdef class RowIterator:
             self._finish()
         finally:
             core.lock._release()
+
+    cdef int _close_native(self) except -1:
+        cdef DatabaseCore core = self._statement._core
+        if core.forks != _forks:
+            core.check_fork()
+        if self._slot is not None or self._epoch != core.epoch:
+            self._finish()
+            return 0
+        core.lock._acquire()
+        try:
+            self._finish()
+        finally:
+            core.lock._release()
+        return 0
 
     def __enter__(self):
         return self
