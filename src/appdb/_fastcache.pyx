@@ -1612,6 +1612,9 @@ cdef class Statement:
         cdef bint busy
         if self._epoch != self._core.epoch:
             self._new_epoch()
+        if self._native and self._core.writer._native is not None:
+            if self._execute_many_native(connection, items):
+                return
         busy = self._busy
         cursor = <object>PyList_GET_ITEM(self._cursors, 0)
         if cursor is None or busy:
@@ -1632,6 +1635,51 @@ cdef class Statement:
             raise error from None
         finally:
             self._busy = busy
+
+
+    cdef bint _execute_many_native(self, object connection, object items) except? False:
+        """``_execute_many`` through SQLite's C API; False when nothing ran and APSW's cursor must.
+
+        An item the native binder leaves to APSW (a buffer, an adapted type, a wrong
+        count) runs through a cursor of its own, in order, in the same transaction.
+        """
+        cdef _Native native = self._core.writer._native
+        cdef sqlite3* db = native.db
+        cdef sqlite3_stmt* st = self._take_handle(native, 0)
+        cdef int rc, mark
+        if st == NULL:
+            return False
+        native.out += 1
+        try:
+            for item in items:
+                if self._native_bind(st, item):
+                    mark = sqlite3_stmt_status(st, SQLITE_STMTSTATUS_VM_STEP, 0)
+                    rc = self._first_step(st, db)
+                    while rc == SQLITE_ROW:  # RETURNING rows nobody reads
+                        appdb_pending()
+                        rc = _step_next(st, &mark)
+                    appdb_pending()
+                    if rc != SQLITE_DONE:
+                        raise self._native_error(db)
+                    sqlite3_reset(st)
+                else:
+                    sqlite3_clear_bindings(st)
+                    cursor = connection.cursor()
+                    try:
+                        cursor.execute(self._sql, item)
+                        for _ in cursor:
+                            pass
+                    finally:
+                        cursor.close(True)
+        except BaseException as exc:
+            error = self._failed(exc, None, 0, None, None)
+            if error is None:
+                raise
+            raise error from None
+        finally:
+            native.out -= 1
+            self._give_handle(native, 0, st, connection)
+        return True
 
 
 cdef class _CheckedMany:
