@@ -15,6 +15,7 @@ import apsw
 
 from bench_contenders import CONTENDER_KEYS, Contender
 from bench_measure import Settings, TrialResult
+from bench_node import ENABLE, NODE_KEY
 
 __all__ = [
     "TARGETS",
@@ -37,6 +38,7 @@ _HEADS = {
     "apsw": ("raw APSW", "", "tuples"),
     "sqlite3": ("sqlite3", "stdlib", "tuples"),
     "sqlite3-dict": ("sqlite3", "stdlib", "dicts"),
+    NODE_KEY: ("better-sqlite3", "12", "objects"),
 }
 _LABEL_WIDTH = 35
 _UNIT_WIDTH = 9
@@ -56,7 +58,7 @@ class Results:
 
     def keys(self) -> list[str]:
         present = {c.key for c in self.contenders}
-        return [k for k in CONTENDER_KEYS if k in present]
+        return [k for k in (*CONTENDER_KEYS, NODE_KEY) if k in present]
 
 
 def machine_info() -> dict[str, str]:
@@ -142,6 +144,22 @@ def fmt_rate(value: float) -> str:
     return f"{value:.2f}"
 
 
+def _width(key: str) -> int:
+    """Column width: the usual cell, wider when a heading word would not fit (better-sqlite3)."""
+    return max(_CELL, max(len(word) for word in _HEADS[key]) + 2)
+
+
+def _speedup(result: TrialResult, base: str, key: str) -> float | None:
+    """Speed-up of ``key`` against ``base``: median per-repeat ratio when both were interleaved.
+
+    better-sqlite3 ran in its own process, so its repeats pair with nothing: ratio of medians.
+    """
+    if NODE_KEY not in (base, key):
+        return result.ratio(base, key)
+    slower, faster = result.median(base), result.median(key)
+    return slower / faster if slower is not None and faster else None
+
+
 def _cells(result: TrialResult, keys: list[str], rows: dict[str, str]) -> tuple[list[str], list[str]]:
     times: list[str] = []
     ratios: list[str] = []
@@ -159,7 +177,7 @@ def _cells(result: TrialResult, keys: list[str], rows: dict[str, str]) -> tuple[
         elif base == key:
             ratios.append("1 (base)")
         else:
-            ratio = result.ratio(base, key)
+            ratio = _speedup(result, base, key)
             ratios.append(f"{ratio:.2f}x" if ratio is not None else "")
     return times, ratios
 
@@ -167,7 +185,7 @@ def _cells(result: TrialResult, keys: list[str], rows: dict[str, str]) -> tuple[
 def _head(keys: list[str], first: str, second: str) -> list[str]:
     lines = []
     for row, label in enumerate((first, second, "")):
-        lines.append(label.ljust(_LABEL_WIDTH) + "".join(_HEADS[k][row].rjust(_CELL) for k in keys))
+        lines.append(label.ljust(_LABEL_WIDTH) + "".join(_HEADS[k][row].rjust(_width(k)) for k in keys))
     return lines
 
 
@@ -180,10 +198,11 @@ def results_table(results: Results) -> str:
     for result in results.trials.values():
         times, ratios = _cells(result, keys, rows)
         label = f"{result.title:<{_LABEL_WIDTH - _UNIT_WIDTH}}{result.trial.unit:>{_UNIT_WIDTH}}"
-        lines.append(label + "".join(t.rjust(_CELL) for t in times))
+        lines.append(label + "".join(t.rjust(_width(k)) for t, k in zip(times, keys)))
         if any(ratios):
             lines.append(
-                "  speed-up vs sqlite3".ljust(_LABEL_WIDTH) + "".join(r.rjust(_CELL) for r in ratios)
+                "  speed-up vs sqlite3".ljust(_LABEL_WIDTH)
+                + "".join(r.rjust(_width(k)) for r, k in zip(ratios, keys))
             )
     return "\n".join(lines)
 
@@ -221,7 +240,7 @@ def memory_table(results: Results) -> str:
         for key in keys:
             value = results.memory[key].get(field)
             cells.append("n/a" if value is None else f"{value / MB:.2f}")
-        lines.append(label.ljust(_LABEL_WIDTH) + "".join(c.rjust(_CELL) for c in cells))
+        lines.append(label.ljust(_LABEL_WIDTH) + "".join(c.rjust(_width(k)) for c, k in zip(cells, keys)))
     return "\n".join(lines)
 
 
@@ -287,6 +306,21 @@ def _scan_memory(results: Results) -> tuple[float | None, str]:
     return memory["rss_warm_bytes"] / MB, detail
 
 
+def _versus_better_sqlite3(results: Results) -> tuple[float | None, str]:
+    """Slowest appdb (compiled) / better-sqlite3 ratio of medians over the trials both ran."""
+    if NODE_KEY in results.unavailable:
+        return None, f"needs better-sqlite3 12: `{ENABLE}`"
+    ratios: dict[str, float] = {}
+    for key, result in results.trials.items():
+        a, b = result.median("appdb"), result.median(NODE_KEY)
+        if a is not None and b:
+            ratios[key] = a / b
+    if not ratios:
+        return None, "needs appdb (compiled) and better-sqlite3 in the same trials"
+    listed = ", ".join(f"{key} {value:.2f}x" for key, value in ratios.items())
+    return max(ratios.values()), f"appdb/better-sqlite3, ratio of medians, not interleaved: {listed}"
+
+
 TARGETS: tuple[Target, ...] = (
     Target("get as dict vs raw APSW tuple: at most", 1.15, True, "x", _ratio("get", "appdb", "apsw")),
     Target(
@@ -319,6 +353,13 @@ TARGETS: tuple[Target, ...] = (
         "all, compiled faster than pure Python: at least", 1.3, False, "x", _ratio("all", "appdb-py", "appdb")
     ),
     Target("full-scan iterate, peak memory growth: below", 20.0, True, " MB", _scan_memory),
+    Target(
+        "appdb faster than better-sqlite3 on every trial, slowest appdb/better-sqlite3: at most",
+        1.0,
+        True,
+        "x",
+        _versus_better_sqlite3,
+    ),
 )
 
 
@@ -377,14 +418,15 @@ def _trials_document(results: Results, records: list[dict[str, Any]]) -> dict[st
         per: dict[str, Any] = {}
         for key, samples in result.samples.items():
             base = result.baseline(rows[key])
+            kind = result.trial.kind
             other = "cpu" if results.settings.clock == "wall" else "wall"
             per[key] = {
                 "samples_us": samples,
                 f"{other}_samples_us": result.other_clock.get(key),
                 "median_us": result.median(key),
                 "iqr_fraction": result.spread(key),
-                "baseline": base if result.trial.kind != "prepare" else None,
-                "speedup_vs_baseline": result.ratio(base, key) if result.trial.kind != "prepare" else None,
+                "baseline": base if kind != "prepare" else None,
+                "speedup_vs_baseline": _speedup(result, base, key) if kind != "prepare" else None,
             }
         trials.append(
             {
@@ -439,7 +481,7 @@ def plot(results: Results, path: str) -> None:
     for index, key in enumerate(keys):
         values = []
         for result in trials:
-            ratio = result.ratio(result.baseline(rows[key]), key) if key in result.samples else None
+            ratio = _speedup(result, result.baseline(rows[key]), key) if key in result.samples else None
             values.append(ratio or 0.0)
         positions = [t + (index - (len(keys) - 1) / 2) * width for t in range(len(trials))]
         axes.bar(positions, values, width, label=" ".join(w for w in _HEADS[key] if w))

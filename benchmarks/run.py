@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """appdb benchmarks: appdb (compiled and pure Python) against raw APSW and stdlib sqlite3.
 
+better-sqlite3 12 (Node) joins the trials when installed (``bench_node``; else the header says how).
+
     python benchmarks/run.py            # full run (about two minutes), table + verdicts
     python benchmarks/run.py --quick    # CI smoke run, well under a minute
     python benchmarks/run.py --json out.json --plot out.png
@@ -315,12 +317,17 @@ def _run_trials(
     """The single-connection trials and the memory probe: run them, print their table and verdicts."""
     from bench_measure import TRIALS, TrialResult, log, run_trial
     from bench_memory import measure_all
+    from bench_node import NODE_KEY, NOTE, find_better_sqlite3, run_node_trials
     from bench_report import Results, memory_table, results_table, syscall_costs, verdicts
     from bench_workload import build_template, fresh_copy
 
     settings = _settings(args)
     contenders, unavailable = _make_contenders()
-    print(_header(machine, contenders, unavailable, settings), flush=True)
+    node, reason = find_better_sqlite3()  # optional, in its own process: never in `contenders`
+    if node is None:
+        unavailable[NODE_KEY] = reason
+    shown = [*contenders, node] if node else contenders
+    print(_header(machine, shown, unavailable, settings), flush=True)
     trials = [t for t in TRIALS if not args.trials or t.key in args.trials]
     opened: list[Contender] = []
     costs = syscall_costs(folder)
@@ -345,13 +352,17 @@ def _run_trials(
             result = run_trial(trial, opened, settings)
             measured[trial.key] = result
             log(f"[{number}/{len(trials)}] {result.title}: {time.perf_counter() - begun:.1f} s")
+        if node is not None:
+            begun = time.perf_counter()
+            run_node_trials(node, template, folder, measured, settings, log)
+            log(f"better-sqlite3: {time.perf_counter() - begun:.1f} s")
         memory: dict[str, dict[str, object]] = {}
         if any(t.key == "scan" for t in trials):
             memory = measure_all(paths, _import_paths(), log)
     finally:
         for contender in opened:
             contender.close()
-    results = Results(settings, opened, unavailable, measured, memory)
+    results = Results(settings, [*opened, node] if node else opened, unavailable, measured, memory)
     lines, records = verdicts(results)
     memory_lines = memory_table(results)
     report = [
@@ -363,6 +374,7 @@ def _run_trials(
         *lines,
         "",
         _NOTES.format(repeats=settings.repeats, stdlib=machine["stdlib_sqlite"], apsw=machine["apsw_sqlite"]),
+        *([NOTE.format(sqlite=node.sqlite_version)] if node else []),
     ]
     print("\n".join(report), flush=True)
     return results, records
