@@ -7,7 +7,7 @@ subclasses); appdb's own errors subclass :class:`appdb.Error`.
 from __future__ import annotations
 
 from ._open import default_readers, init_database, set_checkpoint_policy
-from ._select import IMPLEMENTATION, Statement
+from ._select import IMPLEMENTATION, NATIVE, NATIVE_STATUS, Statement
 from ._types import CacheStats, CheckpointResult, PoolStatus, RunResult
 from .database import AppDatabase, Transaction
 from .errors import (
@@ -31,6 +31,8 @@ __all__ = [
     "DEFAULT_PRAGMAS",
     "IMPLEMENTATION",
     "JOURNAL_SIZE_LIMIT",
+    "NATIVE",
+    "NATIVE_STATUS",
     "AppDatabase",
     "CacheStats",
     "CheckpointPolicyError",

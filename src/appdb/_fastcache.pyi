@@ -21,6 +21,10 @@ from .types import TypeMap
 __all__ = ["ConnectionLock", "DatabaseCore", "RowIterator", "Slot", "Statement"]
 
 STARVATION_SECONDS: float
+#: True when statements run through SQLite's C API (the compiled twin's native path).
+NATIVE: bool
+#: "on: ..." or "off: <why>" (APPDB_NO_NATIVE, an APSW without extension loading, ...).
+NATIVE_STATUS: str
 
 def check_row_type(row_type: object) -> str: ...
 
@@ -45,6 +49,9 @@ class Slot:
     index: int
     owner: int
     def __init__(self, connection: apsw.Connection, index: int) -> None: ...
+    @property
+    def native(self) -> bool:
+        """True when statements run on this connection through SQLite's C API."""
 
 @disjoint_base
 class DatabaseCore:

@@ -197,13 +197,12 @@ _native_on, NATIVE_STATUS = _load_native()
 NATIVE = _native_on
 
 
-#: A step to the next row keeps the GIL when the previous step ran fewer virtual
-#: machine instructions than this (a few microseconds): releasing and retaking it
-#: cost 400 instructions per row (callgrind), 10% of all() over 100 rows. Steps
-#: after the first cannot wait for a lock (the statement holds its snapshot), and a
-#: costlier one releases the GIL as APSW does.
-STEP_KEEPS_GIL_BELOW = 1000
-cdef int _STEP_KEEPS_GIL_BELOW = STEP_KEEPS_GIL_BELOW
+# A step to the next row keeps the GIL when the previous step ran fewer virtual
+# machine instructions than this (a few microseconds): releasing and retaking it
+# cost 400 instructions per row (callgrind), 10% of all() over 100 rows. Steps
+# after the first cannot wait for a lock (the statement holds its snapshot), and a
+# costlier one releases the GIL as APSW does.
+cdef int _STEP_KEEPS_GIL_BELOW = 1000
 
 
 cdef inline int _step_next(sqlite3_stmt* st, int* mark) noexcept:

@@ -44,6 +44,10 @@ _GET, _SCALAR, _ALL, _RUN = 0, 1, 2, 3
 #: hand the lock to a waiter instead of letting anyone take it (starvation mode).
 STARVATION_SECONDS = 0.001
 
+#: The compiled twin can run statements through SQLite's C API; this one never does.
+NATIVE = False
+NATIVE_STATUS = "off: the pure-Python implementation runs statements through APSW's cursors"
+
 _forks = 0
 
 
@@ -143,6 +147,11 @@ class Slot:
         self.connection = connection
         self.index = index
         self.owner = 0  # the thread using a reader, 0 while it is in the pool
+
+    @property
+    def native(self) -> bool:
+        """True when statements run on this connection through SQLite's C API."""
+        return False
 
 
 class DatabaseCore:

@@ -29,6 +29,10 @@ else:
         from . import _fastcache_py as impl
 
 IMPLEMENTATION = "python" if impl.__name__.endswith("_py") else "cython"
+#: True when the compiled twin runs statements through SQLite's C API (its native
+#: path); False for the pure-Python twin, or when loading it failed (NATIVE_STATUS says why).
+NATIVE: bool = impl.NATIVE
+NATIVE_STATUS: str = impl.NATIVE_STATUS
 
 _MODULES = {"cython": "._fastcache", "python": "._fastcache_py"}
 
