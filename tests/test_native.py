@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 import appdb
 import appdb.types
 from appdb import _select
-
 from conftest import impl_name
 
 COMPILED_BUILT = not _select.NO_EXTENSIONS
@@ -52,7 +51,8 @@ def test_app_no_native_switches_to_apsw_cursors(value: str) -> None:
     env["APPDB_NO_NATIVE"] = value
     code = (
         "import appdb; db = appdb.init_database(':memory:');"
-        "print(appdb.IMPLEMENTATION, appdb.NATIVE, db.prepare('SELECT 40 + ?').scalar(2), appdb.NATIVE_STATUS)"
+        "answer = db.prepare('SELECT 40 + ?').scalar(2);"
+        "print(appdb.IMPLEMENTATION, appdb.NATIVE, answer, appdb.NATIVE_STATUS)"
     )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -67,8 +67,28 @@ def test_app_no_native_switches_to_apsw_cursors(value: str) -> None:
 
 # -- values: every type APSW binds, both ways -------------------------------------------
 VALUES: list[Any] = [
-    None, 0, 1, -1, 2**63 - 1, -(2**63), True, False, 0.0, -0.0, 1.5, 1e308, math.inf, -math.inf,
-    "", "text", "é ü 漢字 🙂", "nul\x00inside", b"", b"\x00\xff", bytearray(b"ba"), memoryview(b"mv"),
+    None,
+    0,
+    1,
+    -1,
+    2**63 - 1,
+    -(2**63),
+    True,
+    False,
+    0.0,
+    -0.0,
+    1.5,
+    1e308,
+    math.inf,
+    -math.inf,
+    "",
+    "text",
+    "é ü 漢字 🙂",
+    "nul\x00inside",
+    b"",
+    b"\x00\xff",
+    bytearray(b"ba"),
+    memoryview(b"mv"),
 ]
 
 
@@ -107,9 +127,12 @@ def test_rows_round_trip(db: appdb.AppDatabase, row: tuple[Any, ...]) -> None:
     db.exec("CREATE TABLE IF NOT EXISTS rt (a, b, c, d)")
     result = db.prepare("INSERT INTO rt VALUES (?, ?, ?, ?) RETURNING *", row_type="tuple").get(*row)
     assert result == row
-    assert db.prepare("SELECT * FROM rt WHERE rowid = ?", row_type="tuple").get(
-        db.prepare("SELECT max(rowid) FROM rt").scalar()
-    ) == row
+    assert (
+        db.prepare("SELECT * FROM rt WHERE rowid = ?", row_type="tuple").get(
+            db.prepare("SELECT max(rowid) FROM rt").scalar()
+        )
+        == row
+    )
 
 
 @pytest.mark.parametrize(
@@ -137,14 +160,19 @@ def test_adapted_values_go_through_the_type_map(impl: ModuleType, tmp_path: Any)
         db.prepare("INSERT INTO m VALUES (?)").run(Decimal("1.10"))
         db.prepare("INSERT INTO m VALUES (?)").run_many([(Decimal("2.5"),), (3,)])
         assert db.prepare("SELECT d FROM m").all() == [
-            {"d": Decimal("1.10")}, {"d": Decimal("2.5")}, {"d": Decimal("3")}
+            {"d": Decimal("1.10")},
+            {"d": Decimal("2.5")},
+            {"d": Decimal("3")},
         ]
 
 
 # -- errors: the same class, message and attributes as APSW's ----------------------------
 def _error_fields(exc: BaseException) -> tuple[Any, ...]:
     return (
-        type(exc), exc.args, getattr(exc, "result", None), getattr(exc, "extendedresult", None),
+        type(exc),
+        exc.args,
+        getattr(exc, "result", None),
+        getattr(exc, "extendedresult", None),
         getattr(exc, "error_offset", None),
     )
 
@@ -157,7 +185,10 @@ def _apsw_error(sql: str, setup: str, *values: Any) -> tuple[Any, ...]:
     return _error_fields(caught.value)
 
 
-SETUP = "CREATE TABLE u (id INTEGER PRIMARY KEY, x TEXT NOT NULL UNIQUE CHECK (x <> 'bad')); INSERT INTO u VALUES (1, 'a')"
+SETUP = (
+    "CREATE TABLE u (id INTEGER PRIMARY KEY, x TEXT NOT NULL UNIQUE CHECK (x <> 'bad'));"
+    "INSERT INTO u VALUES (1, 'a')"
+)
 
 
 @pytest.mark.parametrize(
@@ -177,7 +208,13 @@ def test_sqlite_errors_match_apsw(db: appdb.AppDatabase, sql: str, values: tuple
     db.exec(SETUP)
     expected = _apsw_error(sql, SETUP, *values)
     statement = db.prepare(sql)
-    for call in (statement.run, statement.get, statement.all, statement.scalar, lambda *v: list(statement.iterate(*v))):
+    for call in (
+        statement.run,
+        statement.get,
+        statement.all,
+        statement.scalar,
+        lambda *v: list(statement.iterate(*v)),
+    ):
         with pytest.raises(apsw.Error) as caught:
             call(*values)
         assert _error_fields(caught.value) == expected
@@ -206,7 +243,8 @@ def test_an_exception_from_a_sql_function_propagates_unchanged(impl: ModuleType,
             with pytest.raises(Boom, match="boom at 3"):
                 call()
         assert db.prepare("SELECT boom(x) FROM n WHERE x < 3 ORDER BY x").all() == [
-            {"boom(x)": 1}, {"boom(x)": 2}
+            {"boom(x)": 1},
+            {"boom(x)": 2},
         ]
         with db.transaction():
             with pytest.raises(Boom):
