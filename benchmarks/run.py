@@ -370,7 +370,7 @@ def _run_trials(
         results_table(results),
         *(["", memory_lines] if memory_lines else []),
         "",
-        "Targets of the compiled path (issue 4):",
+        "Targets of the compiled path (issues 4 and 10; the native hot path is " + _native_state() + "):",
         *lines,
         "",
         _NOTES.format(repeats=settings.repeats, stdlib=machine["stdlib_sqlite"], apsw=machine["apsw_sqlite"]),
@@ -378,6 +378,12 @@ def _run_trials(
     ]
     print("\n".join(report), flush=True)
     return results, records
+
+
+def _native_state() -> str:
+    import appdb
+
+    return "on" if appdb.NATIVE else f"{appdb.NATIVE_STATUS}"
 
 
 def _import_paths() -> list[str]:
