@@ -46,33 +46,8 @@ def native(impl: ModuleType) -> bool:
     return bool(getattr(impl, "NATIVE", False))
 
 
-def xfail_on_native(
-    request: pytest.FixtureRequest,
-    impl: ModuleType,
-    reason: str,
-    *,
-    strict: bool = True,
-    raises: type[BaseException] | None = None,
-) -> None:
-    """Expect this test to fail on the compiled twin's native path only (strict: a fix must remove it)."""
-    if native(impl):
-        request.applymarker(pytest.mark.xfail(strict=strict, raises=raises, reason=reason))
-
-
 class ChildHung(AssertionError):
     """A child process stopped making progress (a deadlock: faulthandler dumped its threads)."""
-
-
-#: The deadlock of the native path (see the tests at the end of this file).
-DEADLOCK = (
-    "deadlock (GIL against a connection's mutex): Statement.__dealloc__ calls sqlite3_finalize, and "
-    "db.close() (DatabaseCore.mark_closed -> Statement._drop_cursor -> _release_native(None)) "
-    "finalizes handles on readers that other threads are using, both holding the GIL. When another "
-    "thread is inside sqlite3_step on that connection and needs the GIL to go on (APSW takes it back "
-    "holding the connection's mutex after each step: db.exec, BEGIN/COMMIT, run_many, pragmas; or a "
-    "Python callback: a user function, the WAL guard's hook at each commit, the progress handler of "
-    "deadlines and query_timeout), both wait forever"
-)
 
 
 def open_files(path: Path) -> int:
@@ -273,18 +248,7 @@ def errors_after_closing_the_writer(path: Path) -> list[str]:
     return outcomes
 
 
-def test_after_closing_the_writer_both_twins_raise_the_same_errors(
-    impl: ModuleType, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    xfail_on_native(
-        request,
-        impl,
-        "twin mismatch after db.connection.close(): the first call of a statement that already ran on "
-        "the writer (get, run here) raises apsw.ConnectionClosedError on the native path but "
-        "apsw.CursorClosedError on the pure twin (its cached cursor, closed with the connection; its "
-        "later calls raise ConnectionClosedError too); and a second next() on the writer iterator the "
-        "close cut short raises StopIteration on the native path, CursorClosedError again on the pure twin",
-    )
+def test_after_closing_the_writer_both_twins_raise_the_same_errors(impl: ModuleType, tmp_path: Path) -> None:
     mine = errors_after_closing_the_writer(tmp_path / "mine.db")
     with _select.using("python"):
         reference = errors_after_closing_the_writer(tmp_path / "reference.db")
@@ -293,13 +257,6 @@ def test_after_closing_the_writer_both_twins_raise_the_same_errors(
 
 
 @needs_proc
-@pytest.mark.xfail(
-    strict=True,
-    reason="AppDatabase.close() after the user closed db.connection raises apsw.ConnectionClosedError "
-    "(it reads connection.in_transaction before mark_closed), so db.closed stays False, the reader "
-    "pool stays open (its files until garbage collection) and every later close() raises again "
-    "(both twins)",
-)
 def test_closing_the_database_after_the_writer_was_closed_closes_the_rest(
     impl: ModuleType, db_path: Path
 ) -> None:
@@ -367,7 +324,7 @@ def test_closing_the_writer_from_another_thread_during_a_call(impl: ModuleType, 
         assert isinstance(box["error"], CLOSED_ERRORS), box["error"]
     else:
         assert box["result"] == 1000000
-    with contextlib.suppress(apsw.ConnectionClosedError):  # see the xfail above
+    with contextlib.suppress(apsw.ConnectionClosedError):  # the writer is closed already
         db.close()
 
 
@@ -412,13 +369,6 @@ def busy_database(path: Path) -> tuple[appdb.AppDatabase, list[Any], list[Any]]:
     return db, [*statements, insert], iterators
 
 
-def only_known_gc_errors(impl: ModuleType, seen: list[str]) -> list[str]:
-    """``seen`` without the native path's known gc-order report (its own xfail test below)."""
-    if not native(impl):
-        return seen
-    return [error for error in seen if not error.startswith("ConnectionNotClosedError")]
-
-
 @needs_proc
 def test_a_database_dropped_without_close_leaves_no_open_files(impl: ModuleType, db_path: Path) -> None:
     with unraisable() as seen:
@@ -427,7 +377,7 @@ def test_a_database_dropped_without_close_leaves_no_open_files(impl: ModuleType,
         del db, statements, iterators
         gc.collect()
     assert open_files(db_path) == 0
-    assert only_known_gc_errors(impl, seen) == []
+    assert seen == []
 
 
 @needs_proc
@@ -446,21 +396,10 @@ def test_statements_outliving_their_database_object_then_dropped_leave_no_open_f
         del statements
         gc.collect()
     assert open_files(db_path) == 0
-    assert only_known_gc_errors(impl, seen) == []
+    assert seen == []
 
 
-def test_collecting_a_dropped_database_reports_no_error(
-    impl: ModuleType, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    xfail_on_native(
-        request,
-        impl,
-        "gc order: collecting a dropped AppDatabase can deallocate a reader's apsw.Connection while a "
-        "Statement still holds an unfinalized native handle on it (no_gc_clear keeps the Statement's own "
-        "fields, but gc clears the containers that reference the connection, Statement._handle_connections, "
-        "the reader's Slot and the pool's lists, before the cache dict that keeps the Statement alive): "
-        "APSW's destructor gets SQLITE_BUSY and reports apsw.ConnectionNotClosedError as unraisable",
-    )
+def test_collecting_a_dropped_database_reports_no_error(impl: ModuleType, tmp_path: Path) -> None:
     with unraisable() as seen:
         # The order gc clears objects in follows their generations: a reader opened after the
         # database's own objects moved to an older generation is cleared first. Automatic
@@ -601,17 +540,15 @@ STRESS = """
 
 @pytest.mark.parametrize("mode", ["closes", "drops"])
 def test_threads_calling_while_databases_close_and_reopen(
-    impl: ModuleType, impl_env: dict[str, str], db_path: Path, request: pytest.FixtureRequest, mode: str
+    impl: ModuleType, impl_env: dict[str, str], db_path: Path, mode: str
 ) -> None:
     """Four threads call shared statements while a fifth closes and reopens the database and collects.
 
     "drops" also drops every statement now and then (the cache cleared, the workers' last
-    references gone), which hits the native path's deadlock in most runs: not strict, and only a
-    hang counts there (a crash, a wrong row or another error still fails). "closes" leaves the
-    statements to close() and stays clear of it, so that it still catches crashes on that path.
+    references gone), so statements finalize their handles while other threads step on the same
+    connections (this deadlocked once: finalizing with the GIL held). "closes" leaves the
+    statements to close().
     """
-    if mode == "drops":
-        xfail_on_native(request, impl, f"in most runs: {DEADLOCK}", strict=False, raises=ChildHung)
     db_path.parent.mkdir(parents=True)
     done = run_child(STRESS, impl_env, str(db_path), "3", "9", mode, timeout=60)
     report = child_report(done)
@@ -829,9 +766,8 @@ DROP_DURING_A_STEP = """
 
 @pytest.mark.parametrize("busy", ["apsw", "function"])
 def test_dropping_a_statement_while_another_thread_steps_on_its_connection(
-    impl: ModuleType, impl_env: dict[str, str], db_path: Path, request: pytest.FixtureRequest, busy: str
+    impl: ModuleType, impl_env: dict[str, str], db_path: Path, busy: str
 ) -> None:
-    xfail_on_native(request, impl, DEADLOCK, raises=ChildHung)
     db_path.parent.mkdir(parents=True)
     done = run_child(DROP_DURING_A_STEP, impl_env, str(db_path), "2.5", busy, timeout=30)
     assert check_child(done).strip() == "ok"
@@ -873,9 +809,8 @@ CLOSE_UNDER_TIMEOUT = """
 
 
 def test_close_while_reads_run_under_a_query_timeout(
-    impl: ModuleType, impl_env: dict[str, str], db_path: Path, request: pytest.FixtureRequest
+    impl: ModuleType, impl_env: dict[str, str], db_path: Path
 ) -> None:
-    xfail_on_native(request, impl, DEADLOCK, raises=ChildHung)
     db_path.parent.mkdir(parents=True)
     done = run_child(CLOSE_UNDER_TIMEOUT, impl_env, str(db_path), "2.5", timeout=30)
     assert check_child(done).strip() == "closed,closed"

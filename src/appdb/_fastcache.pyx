@@ -76,7 +76,7 @@ cdef extern from "_native.h":
     int sqlite3_step(sqlite3_stmt* st) nogil
     int sqlite3_reset(sqlite3_stmt* st)
     int sqlite3_clear_bindings(sqlite3_stmt* st)
-    int sqlite3_finalize(sqlite3_stmt* st)
+    int sqlite3_finalize(sqlite3_stmt* st) nogil
     int sqlite3_column_count(sqlite3_stmt* st)
     int sqlite3_txn_state(sqlite3* db, const char* schema)
     int sqlite3_get_autocommit(sqlite3* db)
@@ -216,6 +216,14 @@ cdef inline int _step_next(sqlite3_stmt* st, int* mark) noexcept:
     with nogil:
         rc = sqlite3_step(st)
     return rc
+
+
+cdef inline void _finalize(sqlite3_stmt* st) noexcept:
+    """Finalize a handle without the GIL: it waits for the connection's mutex, which another
+    thread may hold mid-step while it waits for the GIL (a SQL function, a hook, a progress
+    handler): finalizing with the GIL held deadlocked (tests/test_native_lifecycle.py)."""
+    with nogil:
+        sqlite3_finalize(st)
 
 
 cdef class _Native:
@@ -806,7 +814,7 @@ cdef class Statement:
     cdef sqlite3_stmt** _handles
     cdef sqlite3** _handle_dbs
     cdef Py_ssize_t _nhandles
-    cdef list _handle_connections
+    cdef tuple _handle_connections  # a tuple: it has no tp_clear, so GC cannot empty it first
     cdef long long _handle_forks
     cdef bint _native  # False once the SQL is known to need APSW's cursor (several statements, say)
     cdef bytes _sql_utf8
@@ -825,7 +833,7 @@ cdef class Statement:
             if self._handle_forks == _forks:  # never finalize a parent's statement in a child
                 for i in range(self._nhandles):
                     if self._handles[i] != NULL:
-                        sqlite3_finalize(self._handles[i])
+                        _finalize(self._handles[i])
             free(self._handles)
             free(self._handle_dbs)
             self._handles = NULL
@@ -837,7 +845,7 @@ cdef class Statement:
         self._as_dict = as_dict
         self._native = _native_on
         self._nparams = -1
-        self._handle_connections = []
+        self._handle_connections = ()
         self._handle_forks = _forks
         self._cursors = [None] * (core.max_readers + 1)
         self._executes = [None] * (core.max_readers + 1)
@@ -1108,6 +1116,8 @@ cdef class Statement:
             return _closed_error(self._core.path)
         if cursor is not None:
             self._forget(cursor, index)
+        if isinstance(exc, apsw.CursorClosedError):  # its connection was closed (a user's close())
+            return apsw.ConnectionClosedError("The connection has been closed")
         if token is not None:
             error = token.translate(exc, self._sql)
             if error is not None:
@@ -1123,7 +1133,7 @@ cdef class Statement:
             self._handle_dbs[i] = NULL
         for connection in self._handle_connections:
             leak(connection)
-        self._handle_connections = [None] * self._nhandles
+        self._handle_connections = (None,) * self._nhandles
         self._handle_forks = _forks
 
     cdef int _release_native(self, _Native native) except -1:
@@ -1132,12 +1142,24 @@ cdef class Statement:
         if self._handle_forks != _forks:
             self._forget_native_handles()
             return 0
+        cdef sqlite3_stmt* st
         for i in range(self._nhandles):
-            if self._handles[i] != NULL and (native is None or self._handle_dbs[i] == native.db):
-                sqlite3_finalize(self._handles[i])
+            st = self._handles[i]
+            if st != NULL and (native is None or self._handle_dbs[i] == native.db):
+                # Out of the array first: _finalize lets other threads run, and one of
+                # them may be releasing the same handles (close() beside a reader's hook).
                 self._handles[i] = NULL
                 self._handle_dbs[i] = NULL
-                self._handle_connections[i] = None
+                connection = <object>PyTuple_GET_ITEM(self._handle_connections, i)  # alive until finalized
+                _finalize(st)
+                self._set_handle_connection(i, None)
+                del connection
+        return 0
+
+    cdef int _set_handle_connection(self, Py_ssize_t index, object connection) except -1:
+        cdef list connections = list(self._handle_connections)
+        connections[index] = connection
+        self._handle_connections = tuple(connections)
         return 0
 
     cdef int _grow_handles(self, Py_ssize_t size) except -1:
@@ -1153,7 +1175,7 @@ cdef class Statement:
         for i in range(self._nhandles, size):
             self._handles[i] = NULL
             self._handle_dbs[i] = NULL
-        self._handle_connections.extend([None] * (size - self._nhandles))
+        self._handle_connections = self._handle_connections + (None,) * (size - self._nhandles)
         self._nhandles = size
         return 0
 
@@ -1259,9 +1281,10 @@ cdef class Statement:
         ):
             self._handles[index] = st
             self._handle_dbs[index] = native.db
-            self._handle_connections[index] = connection
+            if <object>PyTuple_GET_ITEM(self._handle_connections, index) is not connection:
+                self._set_handle_connection(index, connection)
         else:  # a re-entrant call put its own back first
-            sqlite3_finalize(st)
+            _finalize(st)
 
     cdef int _first_step(self, sqlite3_stmt* st, sqlite3* db) noexcept:
         """The first step of a run."""
@@ -1746,7 +1769,7 @@ cdef class RowIterator:
     def __dealloc__(self):
         # Only when __del__ could not give the handle back: finalize it, unless inherited across fork().
         if self._st != NULL and self._statement is not None and self._statement._handle_forks == _forks:
-            sqlite3_finalize(self._st)
+            _finalize(self._st)
         self._st = NULL
 
     def __init__(self, Statement statement, cursor, Slot slot):
@@ -1766,10 +1789,11 @@ cdef class RowIterator:
 
     cdef void _drop_native(self):
         """The connection is closing (its hook, under the writer lock): finalize the handle."""
-        if self._st != NULL:
-            sqlite3_finalize(self._st)
+        cdef sqlite3_stmt* st = self._st
+        if st != NULL:
             self._st = NULL
             self._dropped = True
+            _finalize(st)
 
     def __iter__(self):
         return self
@@ -1822,8 +1846,7 @@ cdef class RowIterator:
         cdef _Native native = self._native
         cdef int rc
         if self._st == NULL:
-            if self._dropped:
-                self._dropped = False
+            if self._dropped:  # as APSW's cursor, closed with its connection, says every time
                 self._finish()
                 raise apsw.CursorClosedError("The cursor has been closed")
             raise StopIteration
@@ -1836,7 +1859,6 @@ cdef class RowIterator:
                 self._finish()
                 raise _closed_error(core.path)
             if self._st == NULL:  # closed while this thread waited for the lock
-                self._dropped = False
                 self._finish()
                 raise apsw.CursorClosedError("The cursor has been closed")
             connection = self._connection

@@ -684,6 +684,8 @@ class Statement:
         if self._core.closed:  # close() from another thread pulled the connection away
             return _closed_error(self._core.path)
         self._forget(cursor, index)
+        if isinstance(exc, apsw.CursorClosedError):  # its connection was closed (a user's close())
+            return apsw.ConnectionClosedError("The connection has been closed")
         if token is not None:
             error = token.translate(exc, self._sql)
             if error is not None:

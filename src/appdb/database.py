@@ -54,6 +54,15 @@ def _schema_version(connection: apsw.Connection) -> int | None:
         return None
 
 
+def _user_closed(connection: apsw.Connection) -> bool:
+    """True when the writer connection was closed behind appdb's back (``db.connection.close()``)."""
+    try:
+        connection.in_transaction  # noqa: B018  (raises once the connection is closed)
+    except apsw.ConnectionClosedError:
+        return True
+    return False
+
+
 class AppDatabase:
     """A tuned SQLite database: a writer connection, a pool of readers, cached statements.
 
@@ -422,6 +431,9 @@ class AppDatabase:
         except DatabaseClosedError:
             return
         try:
+            if _user_closed(connection):  # someone closed db.connection itself: close the rest
+                core.mark_closed()
+                return
             if connection.in_transaction:
                 logger.warning(
                     "closing database %r with a transaction still open: rolled back, its uncommitted "
