@@ -77,6 +77,11 @@ cdef extern from "_native.h":
     int sqlite3_reset(sqlite3_stmt* st)
     int sqlite3_clear_bindings(sqlite3_stmt* st)
     int sqlite3_finalize(sqlite3_stmt* st) nogil
+    ctypedef struct sqlite3_mutex
+    sqlite3* sqlite3_db_handle(sqlite3_stmt* st)
+    sqlite3_mutex* sqlite3_db_mutex(sqlite3* db)
+    int sqlite3_mutex_try(sqlite3_mutex* m)
+    void sqlite3_mutex_leave(sqlite3_mutex* m)
     int sqlite3_column_count(sqlite3_stmt* st)
     int sqlite3_txn_state(sqlite3* db, const char* schema)
     int sqlite3_get_autocommit(sqlite3* db)
@@ -219,11 +224,52 @@ cdef inline int _step_next(sqlite3_stmt* st, int* mark) noexcept:
 
 
 cdef inline void _finalize(sqlite3_stmt* st) noexcept:
-    """Finalize a handle without the GIL: it waits for the connection's mutex, which another
-    thread may hold mid-step while it waits for the GIL (a SQL function, a hook, a progress
-    handler): finalizing with the GIL held deadlocked (tests/test_native_lifecycle.py)."""
+    """Finalize a handle of a connection this thread may wait for (a closing connection's).
+
+    Without the GIL: it waits for the connection's mutex, which another thread may
+    hold mid-step while it waits for the GIL (a SQL function, a hook, a progress
+    handler); finalizing with the GIL held deadlocked (tests/test_native_lifecycle.py).
+    """
     with nogil:
         sqlite3_finalize(st)
+
+
+# Handles whose connection was busy in another thread when they had to go (a statement
+# collected, close() beside other threads' calls), with their connections kept alive:
+# finalized by the next thread that holds that connection (_bury_drain).
+cdef list _graveyard = []
+
+
+cdef int _finalize_or_bury(sqlite3_stmt* st, object connection) except -1:
+    """Finalize now if no thread is inside SQLite on the handle's connection, else later.
+
+    Never waits: waiting with the GIL deadlocks (see _finalize), and waiting without it
+    lets APSW calls of other threads find the connection's mutex taken, which APSW
+    reports as ThreadingViolationError ("Connection is busy in another thread").
+    """
+    cdef sqlite3_mutex* mutex = sqlite3_db_mutex(sqlite3_db_handle(st))
+    if sqlite3_mutex_try(mutex) == SQLITE_OK:  # with the GIL held, no APSW call can start meanwhile
+        sqlite3_finalize(st)
+        sqlite3_mutex_leave(mutex)
+    else:
+        _graveyard.append((connection, <size_t>st, <size_t>sqlite3_db_handle(st)))
+    return 0
+
+
+cdef int _bury_drain(sqlite3* db) except -1:
+    """Finalize the buried handles of ``db`` (the caller holds that connection)."""
+    cdef list keep = []
+    cdef size_t address = <size_t>db
+    global _graveyard
+    if not _graveyard:
+        return 0
+    buried, _graveyard = _graveyard, keep
+    for entry in buried:
+        if entry[2] == address:
+            sqlite3_finalize(<sqlite3_stmt*><size_t>entry[1])
+        else:
+            keep.append(entry)
+    return 0
 
 
 cdef class _Native:
@@ -270,6 +316,7 @@ cdef class _Native:
                 raise apsw.ThreadingViolationError(
                     "cannot close the connection while one of its statements runs (re-entrantly, from this thread)"
                 )
+            _bury_drain(self.db)
             for iterator in list(self.iterators):
                 (<RowIterator>iterator)._drop_native()
             self.iterators.clear()
@@ -833,7 +880,7 @@ cdef class Statement:
             if self._handle_forks == _forks:  # never finalize a parent's statement in a child
                 for i in range(self._nhandles):
                     if self._handles[i] != NULL:
-                        _finalize(self._handles[i])
+                        _finalize_or_bury(self._handles[i], <object>PyTuple_GET_ITEM(self._handle_connections, i))
             free(self._handles)
             free(self._handle_dbs)
             self._handles = NULL
@@ -1151,7 +1198,10 @@ cdef class Statement:
                 self._handles[i] = NULL
                 self._handle_dbs[i] = NULL
                 connection = <object>PyTuple_GET_ITEM(self._handle_connections, i)  # alive until finalized
-                _finalize(st)
+                if native is None:  # close(): readers may be mid-call in other threads
+                    _finalize_or_bury(st, connection)
+                else:  # the connection's own close hook
+                    _finalize(st)
                 self._set_handle_connection(i, None)
                 del connection
         return 0
@@ -1264,6 +1314,8 @@ cdef class Statement:
                 self._new_epoch()  # a file database: the parent's handles are never touched
             else:
                 self._handle_forks = _forks  # in memory: the copied connection and its handles are ours
+        if _graveyard:
+            _bury_drain(native.db)
         if index >= self._nhandles:
             self._grow_handles(index + 1)
         st = self._handles[index]
@@ -1272,7 +1324,7 @@ cdef class Statement:
             return st
         return self._native_prepare(native)
 
-    cdef void _give_handle(self, _Native native, Py_ssize_t index, sqlite3_stmt* st, object connection):
+    cdef int _give_handle(self, _Native native, Py_ssize_t index, sqlite3_stmt* st, object connection) except -1:
         """Reset a checked-out handle and put it back (or finalize it, if another took its place)."""
         sqlite3_reset(st)  # no read snapshot outlives the call
         if (
@@ -1284,7 +1336,10 @@ cdef class Statement:
             if <object>PyTuple_GET_ITEM(self._handle_connections, index) is not connection:
                 self._set_handle_connection(index, connection)
         else:  # a re-entrant call put its own back first
-            _finalize(st)
+            sqlite3_finalize(st)  # on this thread's connection
+        if _graveyard:
+            _bury_drain(native.db)
+        return 0
 
     cdef int _first_step(self, sqlite3_stmt* st, sqlite3* db) noexcept:
         """The first step of a run."""
@@ -1769,7 +1824,7 @@ cdef class RowIterator:
     def __dealloc__(self):
         # Only when __del__ could not give the handle back: finalize it, unless inherited across fork().
         if self._st != NULL and self._statement is not None and self._statement._handle_forks == _forks:
-            _finalize(self._st)
+            _finalize_or_bury(self._st, self._connection)
         self._st = NULL
 
     def __init__(self, Statement statement, cursor, Slot slot):
