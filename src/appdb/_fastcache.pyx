@@ -64,7 +64,7 @@ cdef extern from "_native.h":
     ctypedef struct sqlite3
     ctypedef struct sqlite3_stmt
     ctypedef long long sqlite3_int64
-    int SQLITE_OK, SQLITE_ROW, SQLITE_DONE, SQLITE_VERSION_NUMBER
+    int SQLITE_OK, SQLITE_ROW, SQLITE_DONE, SQLITE_MISUSE, SQLITE_VERSION_NUMBER
     int appdb_native_loaded()
     int appdb_native_version()
     int appdb_prepare(sqlite3* db, const char* sql, int n, sqlite3_stmt** out)
@@ -1245,7 +1245,7 @@ cdef class Statement:
             return NULL
         rc = appdb_prepare(native.db, self._sql_utf8, <int>len(self._sql_utf8), &st)
         if rc != SQLITE_OK:  # several statements, none, or an error APSW reports in its words
-            if st == NULL and rc == 21:  # SQLITE_MISUSE: not exactly one statement
+            if st == NULL and rc == SQLITE_MISUSE:  # not exactly one statement (appdb_prepare)
                 self._native = False
             return NULL
         if self._nparams < 0:
