@@ -1928,14 +1928,8 @@ cdef class RowIterator:
                         token.arm(connection)  # raises QueryTimeout once the deadline has passed
                     rc = _step_next(self._st, &self._mark)
                     appdb_pending()
-                    if rc == SQLITE_DONE:
-                        native.out -= 1
-                        self._finish()
-                        raise StopIteration
-                    if rc != SQLITE_ROW:
+                    if rc != SQLITE_ROW and rc != SQLITE_DONE:
                         raise statement._native_error(native.db)
-                except StopIteration:
-                    raise
                 except BaseException as exc:
                     native.out -= 1
                     self._finish()
@@ -1947,6 +1941,9 @@ cdef class RowIterator:
                     if token is not None:
                         token.disarm(connection)
                 native.out -= 1
+                if rc == SQLITE_DONE:
+                    self._finish()
+                    raise StopIteration
             try:
                 return statement._native_row(self._st, connection)
             except BaseException:
