@@ -108,7 +108,9 @@ def in_thread(fn: Callable[[], Any], timeout: float = HANG, hung: str = "the cal
 
 
 # The docs examples (tests/test_docs.py) run the README and docs/ of a checkout; a copy of the
-# tests beside an installed wheel (cibuildwheel, .ci/run) has neither, and runs the rest. Their
-# shell transcripts are bash on Linux, as the docs workflow and .ci/run run them.
+# tests beside an installed wheel (cibuildwheel, .ci/run) has neither, and runs the rest. The
+# docs show a compiled install on Linux (bash transcripts, `appdb.IMPLEMENTATION` printing
+# "cython"), which is how the docs workflow and .ci/run run them.
 _HAS_DOCS = (Path(__file__).parent.parent / "mkdocs.yml").is_file()
-collect_ignore = [] if _HAS_DOCS and sys.platform.startswith("linux") else ["test_docs.py"]
+_DOCS_HOST = sys.platform.startswith("linux") and not _select.NO_EXTENSIONS
+collect_ignore = [] if _HAS_DOCS and _DOCS_HOST else ["test_docs.py"]

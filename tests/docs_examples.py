@@ -148,6 +148,7 @@ class Page:
     def pycon(self, block: Block) -> None:
         parser = doctest.DocTestParser()
         test = parser.get_doctest(block.text, self.namespace, block.where, str(block.path), block.line)
+        test.globs = self.namespace  # DocTest copies the globals it is given: share the page's
         runner = doctest.DocTestRunner(optionflags=_FLAGS)
         report: list[str] = []
         old = os.getcwd()
