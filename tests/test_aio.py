@@ -515,3 +515,33 @@ def test_open_errors_and_wrapping(impl: ModuleType, db_path: Path) -> None:
 
     run(main)
     assert os.path.exists(db_path)
+
+
+def test_the_inline_limit_ends_with_its_call(impl: ModuleType, db_path: Path) -> None:
+    """A read on the event loop runs under a step budget and must not wait; the budget and the
+    no-wait rule end with that call, even when it fails: sync calls made on the loop's thread
+    between awaits, and calls from other threads meanwhile, run to the end as usual."""
+    long_read = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000) SELECT count(*) FROM c"
+    )
+
+    async def main() -> None:
+        async with await open_db(db_path) as db:
+            sync = db.sync
+            point = db.prepare("SELECT name FROM t WHERE id = ?")
+            malformed = db.prepare("SELECT json(?)")  # fails while it steps, on the loop
+            assert await point.get(1) == {"name": "n1"}
+            # Far beyond the inline budget: it would raise appdb._limits.BudgetExceeded if the
+            # budget of the call before still applied on this thread.
+            assert sync.prepare(long_read).scalar() == 200000
+            with pytest.raises(apsw.SQLError, match="malformed JSON"):
+                await malformed.get("{")
+            assert sync.prepare(long_read).scalar() == 200000
+            # Another thread while the loop's calls run: never limited by them.
+            loop = asyncio.get_running_loop()
+            other = loop.run_in_executor(None, sync.prepare(long_read).scalar)
+            for i in range(1, 200):
+                assert (await point.get(i))["name"] == f"n{i}"
+            assert await other == 200000
+
+    run(main)

@@ -568,6 +568,8 @@ cdef class DatabaseCore:
     cdef readonly object types
     cdef readonly Py_ssize_t limits_active
     cdef readonly Py_ssize_t deadlines_active
+    # (thread id, Limit) of the appdb.aio call running on the event loop, or None: _limits.inline
+    cdef public object inline
     cdef object _changes
     cdef object _last_insert_rowid
     cdef Py_ssize_t _capacity
@@ -613,6 +615,7 @@ cdef class DatabaseCore:
         self.types = types
         self.limits_active = 0 if query_timeout is None else 1
         self.deadlines_active = self.limits_active
+        self.inline = None
         self._capacity = capacity
         self._cache = {}
         self._cache_lock = threading.Lock()

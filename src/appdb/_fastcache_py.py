@@ -175,6 +175,7 @@ class DatabaseCore:
         "epoch",
         "forks",
         "handed",
+        "inline",
         "lane",
         "limits_active",
         "lock",
@@ -232,6 +233,8 @@ class DatabaseCore:
         self.types = types
         self.limits_active = 0 if query_timeout is None else 1
         self.deadlines_active = self.limits_active
+        # (thread id, Limit) of the appdb.aio call running on the event loop, or None: _limits.inline
+        self.inline: Any = None
         self._capacity = capacity
         self._cache: dict[Any, Statement] = {}
         self._cache_lock = threading.Lock()
