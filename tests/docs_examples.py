@@ -118,7 +118,7 @@ class Page:
         bindir = str(Path(sys.executable).parent)
         self.env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
                     "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "COLUMNS": "100",
-                    "NO_COLOR": "1"}
+                    "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
         self.env.pop("PYTHONWARNINGS", None)
 
     def run(self, block: Block) -> None:
@@ -162,9 +162,9 @@ class Page:
     def shell(self, script: str, block: Block) -> str:
         done = subprocess.run(
             ["bash", "-e", "-o", "pipefail", "-c", script], cwd=self.folder, env=self.env,
-            capture_output=True, text=True, timeout=300,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
         )
-        output = done.stdout + done.stderr
+        output = done.stdout  # stderr interleaved, in the order a terminal shows it
         assert done.returncode == 0, (
             f"{block.where}: exit code {done.returncode} from\n{script}\noutput:\n{output}"
         )

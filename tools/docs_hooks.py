@@ -46,7 +46,11 @@ def _arguments(parser: argparse.ArgumentParser, shared: set[str]) -> list[str]:
         if action.required and action.option_strings:
             notes.append("required")
         default = action.default
-        if default not in (None, False, argparse.SUPPRESS) and action.nargs != 0:
+        if (
+            default not in (None, False, argparse.SUPPRESS)
+            and action.nargs != 0
+            and "default" not in (action.help or "")
+        ):
             notes.append(f"default `{default}`")
         rows.append(f"| {name} | {_cell('; '.join(n for n in notes if n))} |")
     if not rows:
@@ -84,9 +88,10 @@ def cli_reference() -> str:
         "| code | meaning |",
         "|---|---|",
         f"| {cli.EXIT_OK} | success |",
-        f"| {cli.EXIT_FAILURE} | the command failed (for `status` and `validate`: an applied migration's"
-        " file changed; for `health`: the database is not healthy); with `--json` the error is in"
-        " `error` |",
+        f"| {cli.EXIT_FAILURE} | the command failed: an error (with `--json`, its message is in"
+        " `error`), a migration that failed; `status`: an applied migration's file changed;"
+        " `validate`: any problem; `verify`: a migration that is not reversible; `health`: the"
+        " database is not healthy |",
         f"| {cli.EXIT_USAGE} | bad arguments (argparse's message on stderr) |",
         f"| {cli.EXIT_APPROVAL} | a destructive migration waits for `--allow-destructive` |",
         "",

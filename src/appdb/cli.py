@@ -503,7 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("verify", cmd_verify, "apply up, down, up on a private copy and report what is not reversible")
     add("health", cmd_health, "check the database file")
     sub = add("checkpoint", cmd_checkpoint, "run a WAL checkpoint")
-    sub.add_argument("--mode", choices=("passive", "full", "restart", "truncate"), default="passive")
+    sub.add_argument(
+        "--mode",
+        choices=("passive", "full", "restart", "truncate"),
+        default="passive",
+        help="SQLite's checkpoint mode (default passive)",
+    )
     sub.add_argument(
         "--force", action="store_true", help="run a mode the 'external' checkpoint policy refuses"
     )
