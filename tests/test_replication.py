@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -262,11 +263,19 @@ def test_restore_never_overwrites_without_force(
     with pytest.raises(FileExistsError, match="force=True"):
         restore(url, dest)
     assert cli_main(["restore", "--from", url, "--to", str(dest)]) == 1
-    assert "exists" in capsys.readouterr().err
+    assert "--force" in capsys.readouterr().err  # the CLI's spelling is named too
     assert dest.read_bytes() == b"precious"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".existing")] == []
     assert restore(url, dest, force=True) == 0
     assert committed(dest) == []
+    # A restored database is a new file appdb made: owner-only, whatever the umask.
+    old_umask = os.umask(0o022)
+    try:
+        assert restore(url, tmp_path / "fresh.db") == 0
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "fresh.db").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(dest).st_mode) == 0o600
     with pytest.raises(ReplicationError, match=r"no backups found|no matching backup"):
         restore(f"file://{tmp_path / 'empty'}", tmp_path / "nothing.db")
     assert not (tmp_path / "nothing.db").exists()

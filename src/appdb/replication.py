@@ -31,6 +31,7 @@ from typing import Any
 
 import apsw
 
+from ._files import FILE_MODE
 from ._ledger import schema_version
 from ._litestream import (
     LitestreamNotFoundError,
@@ -98,7 +99,9 @@ def restore(
     """
     target = os.path.abspath(os.fspath(dest))
     if not force and os.path.lexists(target):
-        raise FileExistsError(f"{target} exists: restore into a new file, or pass force=True to replace it")
+        raise FileExistsError(
+            f"{target} exists: restore into a new file, or replace it (force=True; `appdb restore --force`)"
+        )
     source = replica_url(url)
     stamp = None if timestamp is None else _rfc3339(timestamp)
     os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -111,6 +114,9 @@ def restore(
         if done.returncode != 0 or not os.path.isfile(work):
             said = (done.stderr or done.stdout).strip() or f"exit code {done.returncode}, no file written"
             raise ReplicationError(f"litestream restore from {source} failed: {said}")
+        # A new database file is owner-only, as every file appdb creates (Litestream
+        # writes it with the umask's mode).
+        os.chmod(work, FILE_MODE)
         version = _check_restored(work, source)
         if force:
             _remove(target)
