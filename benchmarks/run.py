@@ -3,7 +3,7 @@
 
 better-sqlite3 12 (Node) joins the trials when installed (``bench_node``; else the header says how).
 
-    python benchmarks/run.py            # full run (about two minutes), table + verdicts
+    python benchmarks/run.py            # full run (a few minutes), table + verdicts
     python benchmarks/run.py --quick    # CI smoke run, well under a minute
     python benchmarks/run.py --json out.json --plot out.png
     python benchmarks/run.py --section concurrency --quick   # threads and asyncio only (issue 9)
