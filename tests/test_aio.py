@@ -522,7 +522,8 @@ def test_the_inline_limit_ends_with_its_call(impl: ModuleType, db_path: Path) ->
     no-wait rule end with that call, even when it fails: sync calls made on the loop's thread
     between awaits, and calls from other threads meanwhile, run to the end as usual."""
     long_read = (
-        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000) SELECT count(*) FROM c"
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000) "
+        "SELECT count(*) FROM c"
     )
 
     async def main() -> None:
