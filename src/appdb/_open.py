@@ -75,28 +75,65 @@ def init_database(
 ) -> AppDatabase:
     """Open (creating if needed) a tuned SQLite database and apply its migrations.
 
-    ``path`` is a file path or ``":memory:"``; a missing parent directory is
-    created. ``readonly=True`` never modifies the database file. ``migrations``
-    is a directory, an importable package name or a list of ``Migration``; with
-    ``run_migrations`` they are applied before this returns (destructive ones only
-    with ``allow_destructive=True``). ``pragmas`` overrides or adds pragmas.
-    ``vfs`` names a registered SQLite VFS to open the file through (default: SQLite's).
+    The database opens in WAL mode with appdb's default pragmas
+    ([`DEFAULT_PRAGMAS`][appdb.DEFAULT_PRAGMAS]), a writer connection, and a pool of
+    reader connections that open lazily. Every option is checked before any file is
+    created, so a mistyped option or migrations path leaves nothing behind.
 
-    ``readers`` is the size of the pool of read connections beside the writer
-    (``None``: :func:`default_readers`; ``0``: one connection for everything;
-    ``:memory:`` databases always use one). ``query_timeout`` bounds every
-    statement in seconds (``appdb.QueryTimeout``). ``on_connect(connection)`` runs
-    on every connection appdb opens (register functions and collations there).
-    ``types`` (for example ``appdb.types.standard()``) binds everyday Python values
-    and converts columns by declared type; a copy is taken.
+    Args:
+        path: A file path or ``":memory:"``. A missing parent directory is created
+            (owner-only permissions, like the database file).
+        readonly: Open without ever modifying the file; the file must exist, and
+            writes raise ``apsw.ReadOnlyError``.
+        run_migrations: Apply ``migrations`` before returning (``False``: only open).
+        migrations: A directory, an importable package name, or a sequence of
+            [`Migration`][appdb.migrations.Migration] objects.
+        allow_destructive: Apply migrations that drop or lose data. Without it, the
+            first destructive migration is ``blocked``, later ones ``skipped``, a
+            warning says how to approve it, and the database opens at the last safe
+            version (see [`migration_results`][appdb.AppDatabase.migration_results]).
+        pragmas: Pragmas to add or override, ``{name: value}``; checked by
+            [`validate_pragmas`][appdb.pragmas.validate_pragmas].
+        statement_cache_size: Prepared statements kept per database (``0``: none).
+        row_type: ``"dict"`` (rows are dicts keyed by column name) or ``"tuple"``;
+            the default of every statement.
+        vfs: The name of a registered SQLite VFS to open the file through
+            (``None``: SQLite's default).
+        readers: Size of the pool of read connections beside the writer (``None``:
+            [`default_readers()`][appdb.default_readers]; ``0``: the writer runs
+            everything). ``":memory:"`` databases always use ``0``.
+        query_timeout: Seconds any one statement may run before it is interrupted
+            with [`QueryTimeout`][appdb.QueryTimeout] (``None``: no limit).
+        on_connect: Called with every ``apsw.Connection`` appdb opens (the writer and
+            each reader): register functions and collations there.
+        types: A [`TypeMap`][appdb.types.TypeMap] (for example
+            [`appdb.types.standard()`][appdb.types.standard]) that binds everyday
+            Python values and converts columns by declared type; a copy is taken.
+        checkpoints: Who checkpoints the WAL: ``"auto"`` (appdb's WAL guard) or
+            ``"external"`` (another process such as Litestream; appdb never
+            checkpoints, not even on close). ``None`` follows the policy recorded in
+            the database (``"auto"`` when there is none); the first writable open
+            with ``"external"`` records it. Change a record with
+            [`set_checkpoint_policy`][appdb.set_checkpoint_policy].
 
-    ``checkpoints`` is who checkpoints the WAL: ``"auto"`` (appdb's WAL guard) or
-    ``"external"`` (another process such as Litestream: appdb never checkpoints,
-    not even on close). ``None`` (default) follows the policy recorded in the
-    database, "auto" when there is none. The first writable open with
-    ``"external"`` records it; opening with a policy other than the recorded one
-    raises ``appdb.CheckpointPolicyError`` and changes nothing (change the record
-    with :func:`set_checkpoint_policy`).
+    Returns:
+        The open database. Close it with ``close()`` or use it as a context manager.
+
+    Raises:
+        TypeError: ``path``, ``vfs``, ``on_connect`` or ``types`` has the wrong type,
+            or ``migrations`` holds something other than ``Migration`` objects.
+        ValueError: ``row_type``, ``statement_cache_size``, ``readers``,
+            ``query_timeout`` or ``checkpoints`` is out of range.
+        appdb.InvalidPragmaError: A pragma name or value was rejected.
+        appdb.DatabaseOpenError: The file cannot be created or opened, is a
+            directory, is not a SQLite database, or (``readonly``) does not exist.
+        appdb.CheckpointPolicyError: ``checkpoints`` differs from the policy recorded
+            in the database; nothing was changed.
+        appdb.MigrationError: A migration could not be found, loaded or applied (it
+            was rolled back), an applied migration's file changed, or migrations
+            are pending on a read-only database. The database is closed.
+        apsw.BusyError: Another connection held the write lock past ``busy_timeout``
+            while the database was being set up.
     """
     text = os.fspath(path)
     if not isinstance(text, str):

@@ -1,6 +1,6 @@
 """``appdb.aio``: the asyncio API (``await appdb.aio.init_database(...)``).
 
-Everything works as in the sync API, awaited::
+Everything works as in the sync API, awaited:
 
     db = await appdb.aio.init_database("app.db", migrations="./migrations")
     st = db.prepare("SELECT * FROM agents WHERE id = ?")   # sync and cached, like db.sync.prepare
@@ -153,10 +153,21 @@ async def _settle(cf: Future[T]) -> tuple[asyncio.Future[T], asyncio.CancelledEr
 
 
 class AsyncDatabase:
-    """The asyncio face of an :class:`~appdb.AppDatabase` (see the module docstring).
+    """The asyncio face of an [`AppDatabase`][appdb.AppDatabase] (see the module docstring).
 
-    Made by :func:`init_database`, or around an open ``AppDatabase``. An async
-    context manager that closes on exit. Use it from one event loop.
+    Made by [`appdb.aio.init_database`][appdb.aio.init_database], or around an open
+    ``AppDatabase`` (``AsyncDatabase(db)``; closing it closes ``db``). An async
+    context manager that closes on exit. Use it from one event loop: create it
+    inside the running loop.
+
+    Every method raises [`DatabaseClosedError`][appdb.DatabaseClosedError] once the
+    database is closed or closing (a task inside its own transaction may finish it).
+
+    Args:
+        db: An open sync database.
+
+    Raises:
+        appdb.DatabaseClosedError: ``db`` is closed.
     """
 
     def __init__(self, db: AppDatabase) -> None:
@@ -187,7 +198,7 @@ class AsyncDatabase:
     # -- properties ----------------------------------------------------------
     @property
     def sync(self) -> AppDatabase:
-        """The underlying :class:`~appdb.AppDatabase` (do not call it from the event loop)."""
+        """The underlying [`AppDatabase`][appdb.AppDatabase] (its calls block: not from the event loop)."""
         return self._db
 
     @property
@@ -218,7 +229,24 @@ class AsyncDatabase:
 
     # -- statements ------------------------------------------------------------
     def prepare(self, sql: str, *, row_type: str | None = None) -> AsyncStatement:
-        """Return the cached :class:`AsyncStatement` for ``sql`` (same SQL, same object)."""
+        """Return the cached [`AsyncStatement`][appdb.aio.AsyncStatement] for ``sql`` (same SQL, same object).
+
+        Not awaited: compiling is quick and cached, as in
+        [`AppDatabase.prepare`][appdb.AppDatabase.prepare].
+
+        Args:
+            sql: One SQL statement with ``?``, ``?NNN`` or ``:name`` placeholders.
+            row_type: ``"dict"`` or ``"tuple"`` (``None``: the database's default).
+
+        Returns:
+            The statement; its methods are awaited.
+
+        Raises:
+            appdb.DatabaseClosedError: The database is closed or closing.
+            ValueError: Unknown ``row_type``.
+            TypeError: ``sql`` is not a ``str``.
+            apsw.SQLError: The SQL does not compile.
+        """
         if self._closing:
             self._check_closing()
         statement = self._db.prepare(sql, row_type=row_type)
@@ -231,24 +259,64 @@ class AsyncDatabase:
         return wrapper
 
     async def exec(self, sql: str) -> None:
-        """Run a script of SQL statements (no parameters) on the writer; see ``AppDatabase.exec``."""
+        """Run a script of SQL statements (no parameters) on the writer thread.
+
+        Same rules and errors as [`AppDatabase.exec`][appdb.AppDatabase.exec].
+
+        Args:
+            sql: The SQL text; statements separated by ``;``.
+        """
         await self._call(True, partial(self._db.exec, sql))
 
     async def pragma(self, name: str, value: int | str | bool | None = None) -> Any:
-        """Read or set a pragma on the writer; see ``AppDatabase.pragma``."""
+        """Read or set a pragma on the writer thread.
+
+        Same rules, result and errors as [`AppDatabase.pragma`][appdb.AppDatabase.pragma].
+
+        Args:
+            name: The pragma, optionally with a schema (``"main.journal_mode"``).
+            value: The value to set (``None``: read the pragma).
+
+        Returns:
+            The single value, a ``list`` of dict rows, or ``None``.
+        """
         return await self._call(True, partial(self._db.pragma, name, value))
 
     async def checkpoint(self, mode: str = "passive", *, force: bool = False) -> CheckpointResult:
-        """Run a WAL checkpoint; see ``AppDatabase.checkpoint``."""
+        """Run a WAL checkpoint on the writer thread.
+
+        Same rules and errors as [`AppDatabase.checkpoint`][appdb.AppDatabase.checkpoint].
+
+        Args:
+            mode: ``"passive"``, ``"full"``, ``"restart"`` or ``"truncate"``.
+            force: Run a blocking mode even under the "external" checkpoint policy.
+
+        Returns:
+            ``CheckpointResult(wal_frames, checkpointed_frames)``.
+        """
         return await self._call(True, partial(self._db.checkpoint, mode, force=force))
 
     async def backup(self, dest_path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
-        """Write a consistent copy of the database to ``dest_path``; see ``AppDatabase.backup``."""
+        """Write a consistent copy of the database to ``dest_path``, in a worker thread.
+
+        Same rules and errors as [`AppDatabase.backup`][appdb.AppDatabase.backup].
+
+        Args:
+            dest_path: Where to write the copy.
+            overwrite: Replace an existing file at ``dest_path``.
+
+        Returns:
+            ``dest_path`` as a ``str``.
+        """
         writer = self._db.readers == 0 or self._scope() is not None
         return await self._call(writer, partial(self._db.backup, dest_path, overwrite=overwrite))
 
     async def get_schema_version(self) -> int:
-        """Highest applied migration version, 0 when none has been applied."""
+        """Highest applied migration version, 0 when none has been applied.
+
+        Raises:
+            appdb.DatabaseClosedError: The database is closed or closing.
+        """
         return await self._call(True, self._db.get_schema_version)
 
     # -- transactions and deadlines ------------------------------------------
@@ -258,6 +326,21 @@ class AsyncDatabase:
         Commits when the block ends, rolls back on an exception (cancellation
         included). The task's statements inside run on the writer thread in
         order and see its own changes; other tasks' writes wait until it ends.
+        Tasks started inside the block share it.
+
+        Args:
+            mode: ``"deferred"``, ``"immediate"`` (default when writable) or
+                ``"exclusive"``.
+
+        Returns:
+            The context manager; ``async with`` gives this database.
+
+        Raises:
+            ValueError: Unknown ``mode`` (raised by this call).
+            appdb.DatabaseClosedError: The database is closed or closing (on entry).
+            appdb.TransactionError: The transaction had already ended before it
+                could commit (on exit).
+            apsw.BusyError: Another process held the write lock past ``busy_timeout``.
         """
         return AsyncTransaction(self, mode)
 
@@ -265,8 +348,18 @@ class AsyncDatabase:
         """``async with db.deadline(s):`` bound every statement this task runs inside the block.
 
         A statement still running ``seconds`` after the block began is interrupted
-        and raises ``appdb.QueryTimeout``; time spent waiting for another task's
-        transaction counts, a statement that would start too late fails at once.
+        and raises [`QueryTimeout`][appdb.QueryTimeout]; time spent waiting for
+        another task's transaction counts, a statement that would start too late
+        fails at once. Nested blocks keep the earlier deadline.
+
+        Args:
+            seconds: The time budget of the whole block, a number > 0.
+
+        Returns:
+            The context manager (``async with``).
+
+        Raises:
+            ValueError: ``seconds`` is not a number > 0 (on entry).
         """
         return AsyncDeadline(self._db.deadline(seconds))
 
@@ -274,7 +367,8 @@ class AsyncDatabase:
     async def close(self) -> None:
         """Wait for other tasks' transactions and running statements, then close. Safe to call twice.
 
-        Later calls raise ``appdb.DatabaseClosedError``; iterators still open are closed.
+        Later calls raise [`DatabaseClosedError`][appdb.DatabaseClosedError];
+        iterators still open are closed. The worker threads end with it.
         """
         if self._close_task is None:
             inside = self._scope() is not None
@@ -399,10 +493,12 @@ class AsyncDatabase:
 
 
 class AsyncStatement:
-    """A prepared statement of an :class:`AsyncDatabase`; its methods are awaited.
+    """A prepared statement of an [`AsyncDatabase`][appdb.aio.AsyncDatabase]; its methods are awaited.
 
-    Rows are dicts keyed by column name, or tuples (``row_type="tuple"``), as in
-    the sync :class:`~appdb.Statement` (``.sync``).
+    Made by [`AsyncDatabase.prepare`][appdb.aio.AsyncDatabase.prepare]. Values are
+    bound and rows are shaped as in the sync [`Statement`][appdb.Statement]
+    (``.sync``): dicts keyed by column name, or tuples (``row_type="tuple"``).
+    Short reads run on the event loop under a step budget, others in a worker thread.
     """
 
     __slots__ = (
@@ -465,41 +561,121 @@ class AsyncStatement:
 
     # -- execution ---------------------------------------------------------
     async def get(self, *params: Any, **named: Any) -> Any:
-        """Run the query and return its first row, or None when there is none."""
+        """Run the query and return its first row, or None when there is none.
+
+        Args:
+            *params: Positional values, or one sequence or mapping of them.
+            **named: Named values (for ``:name`` placeholders).
+
+        Returns:
+            The first row (a ``dict`` or a ``tuple``), or ``None``.
+
+        Raises:
+            apsw.BindingsError: Wrong, missing or unused values (as in the sync API).
+            appdb.DatabaseClosedError: The database is closed or closing.
+            appdb.QueryTimeout: The statement ran past ``db.deadline()`` or ``query_timeout``.
+            asyncio.CancelledError: The task was cancelled; a running statement is interrupted.
+            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.ConstraintError``...).
+        """
         result = self._try(self._get, params, named)
         if type(result) is _Route:
             result = await self._route(result, self._get, params, named)
         return result
 
     async def scalar(self, *params: Any, **named: Any) -> Any:
-        """Return the first column of the first row, or None when there is no row."""
+        """Return the first column of the first row, or None when there is no row.
+
+        Args:
+            *params: Positional values, or one sequence or mapping of them.
+            **named: Named values (for ``:name`` placeholders).
+
+        Returns:
+            The value, or ``None``.
+
+        Raises:
+            apsw.BindingsError: Wrong, missing or unused values (as in the sync API).
+            appdb.DatabaseClosedError: The database is closed or closing.
+            appdb.QueryTimeout: The statement ran past ``db.deadline()`` or ``query_timeout``.
+            asyncio.CancelledError: The task was cancelled; a running statement is interrupted.
+            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.ConstraintError``...).
+        """
         result = self._try(self._scalar, params, named)
         if type(result) is _Route:
             result = await self._route(result, self._scalar, params, named)
         return result
 
     async def all(self, *params: Any, **named: Any) -> list[Any]:
-        """Run the query and return every row as a list."""
+        """Run the query and return every row as a list.
+
+        Args:
+            *params: Positional values, or one sequence or mapping of them.
+            **named: Named values (for ``:name`` placeholders).
+
+        Returns:
+            The rows; empty when there are none.
+
+        Raises:
+            apsw.BindingsError: Wrong, missing or unused values (as in the sync API).
+            appdb.DatabaseClosedError: The database is closed or closing.
+            appdb.QueryTimeout: The statement ran past ``db.deadline()`` or ``query_timeout``.
+            asyncio.CancelledError: The task was cancelled; a running statement is interrupted.
+            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.ConstraintError``...).
+        """
         result = self._try(self._all, params, named)
         if type(result) is _Route:
             result = await self._route(result, self._all, params, named)
         return result  # type: ignore[no-any-return]
 
     async def run(self, *params: Any, **named: Any) -> RunResult:
-        """Execute the statement and return ``RunResult(changes, last_insert_rowid)``."""
+        """Execute the statement and return what it changed.
+
+        Args:
+            *params: Positional values, or one sequence or mapping of them.
+            **named: Named values (for ``:name`` placeholders).
+
+        Returns:
+            ``RunResult(changes, last_insert_rowid)``.
+
+        Raises:
+            apsw.BindingsError: Wrong, missing or unused values (as in the sync API).
+            appdb.DatabaseClosedError: The database is closed or closing.
+            appdb.QueryTimeout: The statement ran past ``db.deadline()`` or ``query_timeout``.
+            asyncio.CancelledError: The task was cancelled; a running statement is interrupted.
+            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.ConstraintError``...).
+        """
         result = self._try(self._run, params, named)
         if type(result) is _Route:
             result = await self._route(result, self._run, params, named)
         return result  # type: ignore[no-any-return]
 
     async def run_many(self, seq_of_params: Iterable[Any]) -> RunResult:
-        """Execute once per item, all or nothing, on the writer; see ``Statement.run_many``."""
+        """Execute once per item, all or nothing, on the writer thread.
+
+        Same rules and errors as [`Statement.run_many`][appdb.Statement.run_many].
+
+        Args:
+            seq_of_params: An ordered iterable of items, each bound like the
+                values of one ``run()`` call.
+
+        Returns:
+            ``RunResult(changes, last_insert_rowid)``; ``changes`` is the total.
+        """
         return await self._db._call(True, partial(self._sync.run_many, seq_of_params))
 
     def iterate(self, *params: Any, **named: Any) -> AsyncRows:
         """Return an async iterator over the rows (fetched in chunks of ``CHUNK_ROWS``).
 
-        Leaving ``async for`` early (or ``aclose()``, or ``async with``) ends the query.
+        Not awaited: the query starts at the first ``async for`` step. Leaving
+        ``async for`` early (or ``aclose()``, or ``async with``) ends the query.
+        Errors (as for [`all`][appdb.aio.AsyncStatement.all]) are raised by the
+        iteration.
+
+        Args:
+            *params: Positional values, or one sequence or mapping of them.
+            **named: Named values (for ``:name`` placeholders).
+
+        Returns:
+            An [`AsyncRows`][appdb.aio.AsyncRows] async iterator.
         """
         return AsyncRows(self, params, named)
 
@@ -713,7 +889,11 @@ class AsyncRows:
 
 
 class AsyncTransaction:
-    """``async with db.transaction():`` (see :meth:`AsyncDatabase.transaction`)."""
+    """``async with db.transaction():``, made by [`transaction()`][appdb.aio.AsyncDatabase.transaction].
+
+    Entering the same object again while it is active raises ``RuntimeError``:
+    call ``db.transaction()`` again for a nested block.
+    """
 
     __slots__ = ("_active", "_db", "_outermost", "_scope", "_sync", "_token")
 
@@ -792,7 +972,7 @@ class AsyncTransaction:
 
 
 class AsyncDeadline:
-    """``async with db.deadline(seconds):`` (see :meth:`AsyncDatabase.deadline`)."""
+    """``async with db.deadline(seconds):``, made by [`deadline()`][appdb.aio.AsyncDatabase.deadline]."""
 
     __slots__ = ("_context",)
 
@@ -825,7 +1005,38 @@ async def init_database(
     types: TypeMap | None = None,
     checkpoints: str | None = None,
 ) -> AsyncDatabase:
-    """Open a database like :func:`appdb.init_database` (in a thread) and return an :class:`AsyncDatabase`."""
+    """Open a database like [`appdb.init_database`][appdb.init_database], in a thread.
+
+    Call it from the event loop that will use the database. Cancelling the call
+    closes the database once it has opened.
+
+    Args:
+        path: A file path or ``":memory:"``.
+        readonly: Open without ever modifying the file.
+        run_migrations: Apply ``migrations`` before returning.
+        migrations: A directory, an importable package name, or a sequence of
+            [`Migration`][appdb.migrations.Migration] objects.
+        allow_destructive: Apply migrations that drop or lose data.
+        pragmas: Pragmas to add or override.
+        statement_cache_size: Prepared statements kept per database.
+        row_type: ``"dict"`` or ``"tuple"``.
+        vfs: The name of a registered SQLite VFS.
+        readers: Size of the reader pool (``None``: ``default_readers()``), and of
+            the pool of threads that run reads.
+        query_timeout: Seconds any one statement may run.
+        on_connect: Called with every ``apsw.Connection`` appdb opens.
+        types: A [`TypeMap`][appdb.types.TypeMap] for everyday Python values.
+        checkpoints: ``"auto"``, ``"external"`` or ``None`` (follow the record).
+
+    Returns:
+        The open [`AsyncDatabase`][appdb.aio.AsyncDatabase].
+
+    Raises:
+        Exception: The errors of [`appdb.init_database`][appdb.init_database]
+            (``appdb.DatabaseOpenError``, ``appdb.MigrationError``,
+            ``appdb.CheckpointPolicyError``, ``appdb.InvalidPragmaError``,
+            ``ValueError``, ``TypeError``...).
+    """
     call = partial(
         _init_database,
         path,

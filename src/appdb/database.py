@@ -66,19 +66,41 @@ def _user_closed(connection: apsw.Connection) -> bool:
 class AppDatabase:
     """A tuned SQLite database: a writer connection, a pool of readers, cached statements.
 
-    Create it with :func:`init_database`. It is a context manager that closes on
-    exit. All methods are safe to call from several threads; read-only statements
-    called outside a transaction run on the reader pool, in parallel.
+    Create it with [`init_database`][appdb.init_database] (the constructor is
+    internal). It is a context manager that closes on exit (entering a closed
+    database raises [`DatabaseClosedError`][appdb.DatabaseClosedError]). All
+    methods are safe to call from several threads; read-only statements called
+    outside a transaction run on the reader pool, in parallel.
+
+    Every method that touches the database raises
+    [`DatabaseClosedError`][appdb.DatabaseClosedError] after
+    [`close()`][appdb.AppDatabase.close]. SQLite's own errors surface as APSW's
+    exception classes (``apsw.SQLError``, ``apsw.ConstraintError``,
+    ``apsw.BusyError``...).
     """
 
     prepare: PrepareMethod
-    """``prepare(sql, *, row_type=None) -> Statement``: cached prepared statement.
+    """``prepare(sql: str, *, row_type: str | None = None) -> Statement``: a cached prepared statement.
 
-    The same SQL (and row type) returns the very same ``Statement`` while it stays
-    in the bounded LRU cache of ``statement_cache_size`` entries.
+    The same SQL (and row type) returns the very same
+    [`Statement`][appdb.Statement] while it stays in the bounded LRU cache of
+    ``statement_cache_size`` entries. Compiling checks the SQL at once, so a typo
+    fails here, not at the first run.
+
+    ``sql`` is one SQL statement with ``?``, ``?NNN`` or ``:name`` placeholders.
+    ``row_type`` is ``"dict"`` or ``"tuple"`` (``None``: the database's default).
+
+    Raises ``appdb.DatabaseClosedError`` after ``close()``, ``ValueError`` for an
+    unknown ``row_type``, ``TypeError`` when ``sql`` is not a ``str``, and APSW's
+    errors for SQL that does not compile (``apsw.SQLError``: syntax error, unknown
+    table or column). (An attribute, not a method: it is the statement cache's own
+    bound method, so the documentation cannot show its signature above.)
     """
 
     migration_results: list[MigrationResult]
+    """What ``init_database`` did with each migration: one
+    [`MigrationResult`][appdb.migrations.MigrationResult] per migration it looked at
+    (``applied``, ``blocked``, ``skipped``...); empty when it ran none."""
 
     def __init__(
         self,
@@ -117,7 +139,14 @@ class AppDatabase:
     # -- properties ----------------------------------------------------------
     @property
     def connection(self) -> apsw.Connection:
-        """The writer ``apsw.Connection`` (use :meth:`writer` to hold it against other threads)."""
+        """The writer ``apsw.Connection``.
+
+        Using it directly bypasses appdb's writer lock: hold it with
+        [`writer()`][appdb.AppDatabase.writer] when other threads use the database.
+
+        Raises:
+            appdb.DatabaseClosedError: The database is closed.
+        """
         self._check_open()
         return self._core.connection  # type: ignore[no-any-return]
 
@@ -179,8 +208,15 @@ class AppDatabase:
     def writer(self) -> Iterator[apsw.Connection]:
         """Hold the writer connection: other threads' writes wait until the block ends.
 
-        Re-entrant. Reads of other threads keep running on the reader pool; this
-        thread's statements inside the block run on the writer.
+        A context manager (``with db.writer() as connection: ...``). Re-entrant.
+        Reads of other threads keep running on the reader pool; this thread's
+        statements inside the block run on the writer.
+
+        Yields:
+            The writer ``apsw.Connection``, for APSW calls appdb does not wrap.
+
+        Raises:
+            appdb.DatabaseClosedError: The database is closed.
         """
         core = self._core
         connection = core.acquire_writer()
@@ -197,7 +233,14 @@ class AppDatabase:
         """How many readers are open and busy, and whether an idle connection holds a snapshot.
 
         ``busy + snapshots == 0`` means no read snapshot is open anywhere (nothing
-        keeps the WAL from being reset).
+        keeps the WAL from being reset). Waits for the writer while another thread
+        holds it.
+
+        Returns:
+            A [`PoolStatus`][appdb.PoolStatus]``(readers, open, busy, snapshots)``.
+
+        Raises:
+            appdb.DatabaseClosedError: The database is closed.
         """
         core = self._core
         with self.writer() as connection:
@@ -217,12 +260,25 @@ class AppDatabase:
 
     # -- statements ------------------------------------------------------------
     def statement_cache_stats(self) -> CacheStats:
-        """Hits, misses, evictions, size and capacity of the statement cache."""
+        """Counters of the statement cache behind [`prepare`][appdb.AppDatabase.prepare].
+
+        Returns:
+            A [`CacheStats`][appdb.CacheStats]``(hits, misses, evictions, size, capacity)``.
+
+        Raises:
+            appdb.DatabaseClosedError: The database is closed.
+        """
         self._check_open()
         return self._core.statement_cache_stats()  # type: ignore[no-any-return]
 
     def clear_statement_cache(self) -> None:
-        """Empty the statement cache; statements already handed out keep working."""
+        """Empty the statement cache; statements already handed out keep working.
+
+        Every statement re-reads its result columns before its next run.
+
+        Raises:
+            appdb.DatabaseClosedError: The database is closed.
+        """
         self._check_open()
         self._core.clear_statement_cache()
         self._core.schema_changed()  # and every statement re-reads its columns
@@ -235,6 +291,17 @@ class AppDatabase:
         back before the error is re-raised. Inside ``db.transaction()`` the error
         is left to that transaction. A transaction the script leaves open (``BEGIN``
         without ``COMMIT``) sends every statement to the writer until it ends.
+        A script that changes the schema makes every statement re-read its columns.
+
+        Args:
+            sql: The SQL text; statements separated by ``;``.
+
+        Raises:
+            TypeError: ``sql`` is not a ``str``.
+            appdb.DatabaseClosedError: The database is closed.
+            apsw.Error: The error of the failing statement (``apsw.SQLError``,
+                ``apsw.ConstraintError``, ``apsw.BusyError``...).
+            appdb.QueryTimeout: A statement ran past a deadline or ``query_timeout``.
         """
         if not isinstance(sql, str):
             raise TypeError(f"exec() takes SQL text (str), not {type(sql).__name__}")
@@ -270,10 +337,33 @@ class AppDatabase:
         """Run ``fn(db, *args, **kwargs)`` in a transaction, or return a context manager.
 
         Commits when ``fn`` returns (and returns its value); rolls back and re-raises
-        on any exception. Nested calls use savepoints. ``mode`` is ``"deferred"``,
-        ``"immediate"`` (default when writable) or ``"exclusive"``. The block holds
-        the writer: this thread's statements run there (and see its own changes);
-        other threads keep reading committed data on the readers.
+        on any exception. Nested calls use savepoints. The block holds the writer:
+        this thread's statements run there (and see its own changes); other threads
+        keep reading committed data on the readers, and their writes wait.
+
+        Args:
+            fn: Called as ``fn(db, *args, **kwargs)`` inside the transaction.
+                Without it, a [`Transaction`][appdb.Transaction] is returned for
+                ``with db.transaction(): ...``.
+            *args: Passed to ``fn``.
+            mode: ``"deferred"``, ``"immediate"`` (default when writable) or
+                ``"exclusive"``; ignored by nested blocks (savepoints).
+            **kwargs: Passed to ``fn``.
+
+        Returns:
+            ``fn``'s return value, or the ``Transaction`` context manager (its
+            ``with`` block gives the database) when ``fn`` is not given.
+
+        Raises:
+            ValueError: Unknown ``mode``.
+            TypeError: ``args`` or ``kwargs`` given without ``fn``.
+            appdb.DatabaseClosedError: The database is closed (also at commit, when
+                it was closed inside the block).
+            appdb.TransactionError: The transaction had already ended (SQLite rolled
+                it back, or SQL inside ended it) before it could commit.
+            apsw.BusyError: Another process held the write lock past ``busy_timeout``
+                (at ``BEGIN IMMEDIATE`` or at commit).
+            Exception: Whatever ``fn`` or the block raised, after the rollback.
         """
         context = Transaction(self._core, mode, self)
         if fn is None:
@@ -287,9 +377,18 @@ class AppDatabase:
     def deadline(self, seconds: float) -> Iterator[None]:
         """Bound every statement this thread (or task) runs on this database inside the block.
 
-        A statement still running ``seconds`` after the block began is interrupted
-        and raises ``appdb.QueryTimeout``; its changes are rolled back and the
-        connection stays usable. Nested blocks keep the earlier deadline.
+        A context manager: ``with db.deadline(0.5): ...``. A statement still running
+        ``seconds`` after the block began is interrupted and raises
+        [`QueryTimeout`][appdb.QueryTimeout]; its changes are rolled back and the
+        connection stays usable. Nested blocks keep the earlier deadline;
+        ``float("inf")`` sets none.
+
+        Args:
+            seconds: The time budget of the whole block, a number > 0.
+
+        Raises:
+            ValueError: ``seconds`` is not a number > 0.
+            appdb.QueryTimeout: From a statement inside the block, past the deadline.
         """
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
             raise ValueError(f"deadline seconds must be a number > 0, not {seconds!r}")
@@ -325,17 +424,36 @@ class AppDatabase:
             return False
 
     def get_schema_version(self) -> int:
-        """Highest applied migration version, 0 when none has been applied."""
+        """Highest applied migration version, 0 when none has been applied.
+
+        Returns:
+            The version read from appdb's migrations table.
+
+        Raises:
+            appdb.DatabaseClosedError: The database is closed.
+        """
         with self.writer() as connection:
             return _ledger.schema_version(connection)
 
     def checkpoint(self, mode: str = "passive", *, force: bool = False) -> CheckpointResult:
-        """Run a WAL checkpoint (``passive``, ``full``, ``restart`` or ``truncate``).
+        """Run a WAL checkpoint on the writer.
 
-        Returns ``CheckpointResult(wal_frames, checkpointed_frames)``; raises
-        ``apsw.BusyError`` when a blocking mode cannot finish because of readers.
-        Under the "external" checkpoint policy only ``passive`` runs unless
-        ``force=True`` (``appdb.CheckpointPolicyError`` says why).
+        Args:
+            mode: ``"passive"``, ``"full"``, ``"restart"`` or ``"truncate"``
+                (SQLite's ``wal_checkpoint`` modes).
+            force: Run a blocking mode even under the "external" checkpoint policy,
+                where only ``passive`` runs otherwise.
+
+        Returns:
+            [`CheckpointResult`][appdb.CheckpointResult]``(wal_frames, checkpointed_frames)``.
+
+        Raises:
+            ValueError: Unknown ``mode``.
+            appdb.CheckpointPolicyError: A mode other than ``passive`` under the
+                "external" policy without ``force=True``.
+            appdb.DatabaseClosedError: The database is closed.
+            apsw.BusyError: A blocking mode could not finish because of readers or
+                another writer.
         """
         if mode not in _CHECKPOINT_MODES:
             modes = ", ".join(_CHECKPOINT_MODES)
@@ -355,8 +473,24 @@ class AppDatabase:
         written to a private temporary file next to ``dest_path`` first and renamed
         into place, so a crash never leaves a half-written backup and overlapping
         backups never disturb each other. An existing file is replaced only with
-        ``overwrite=True``; the database's own file is never a valid destination
-        (``ValueError``).
+        ``overwrite=True``; the database's own file is never a valid destination.
+        The copy is owner-only (``0600``); a missing parent directory is created.
+
+        Args:
+            dest_path: Where to write the copy.
+            overwrite: Replace an existing file at ``dest_path``.
+
+        Returns:
+            ``dest_path`` as a ``str``.
+
+        Raises:
+            TypeError: ``dest_path`` is not a path.
+            ValueError: ``dest_path`` is the database itself or one of its
+                ``-wal``/``-shm``/``-journal`` files.
+            IsADirectoryError: ``dest_path`` is a directory.
+            FileExistsError: ``dest_path`` exists and ``overwrite`` is false.
+            appdb.DatabaseClosedError: The database is closed.
+            OSError: The copy could not be written (full disk, permissions).
         """
         core = self._core
 
@@ -388,6 +522,19 @@ class AppDatabase:
         dict rows when it answers several, and None when it answers nothing.
         Connection settings changed here apply to the writer only; set them for
         every connection with ``init_database(pragmas=...)``.
+
+        Args:
+            name: The pragma, optionally with a schema (``"main.journal_mode"``).
+            value: The value to set (``None``: read the pragma).
+
+        Returns:
+            The single value, a ``list`` of dict rows, or ``None``.
+
+        Raises:
+            appdb.InvalidPragmaError: Unknown pragma or invalid value.
+            appdb.DatabaseClosedError: The database is closed.
+            apsw.Error: SQLite refused the pragma (``apsw.ReadOnlyError`` on a
+                read-only database, for example).
         """
         sql = pragma_sql(name, value)
         with self.writer() as connection:
