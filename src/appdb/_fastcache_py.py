@@ -422,9 +422,15 @@ class DatabaseCore:
 
 
 class Statement:
-    """A prepared SQL statement bound to one database.
+    """A prepared SQL statement bound to one database (``appdb.Statement``).
 
-    Rows are dicts keyed by column name, or tuples (``row_type="tuple"``).
+    Made by ``AppDatabase.prepare(sql)``, never directly. Values are bound
+    positionally (``stmt.get(1, "a")`` for ``?`` placeholders, or one sequence:
+    ``stmt.get([1, "a"])``) or by name (``stmt.get(id=1)`` or one mapping:
+    ``stmt.get({"id": 1})`` for ``:id``). Rows are dicts keyed by column name, or
+    tuples (``row_type="tuple"``). Outside a transaction, read-only statements run
+    on the reader pool; inside ``db.transaction()`` (or ``db.writer()``) everything
+    runs on the writer.
     """
 
     __slots__ = (
@@ -520,7 +526,7 @@ class Statement:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """Result column names (empty for statements that return no rows)."""
+        """Result column names, re-read after a schema change (empty for statements that return no rows)."""
         core = self._core
         if not core.closed and (
             self._generation != core._generation or self._cookie != _pool.current_schema_version(core)
@@ -827,25 +833,107 @@ class Statement:
 
     # -- execution ---------------------------------------------------------
     def get(self, *params: Any, **named: Any) -> Any:
-        """Run the query and return its first row, or None when there is none."""
+        """Run the query and return its first row, or None when there is none.
+
+        Args:
+            *params: Positional values, or one sequence or mapping of them.
+            **named: Named values (for ``:name`` placeholders).
+
+        Returns:
+            The first row (a ``dict`` or a ``tuple``), or ``None``.
+
+        Raises:
+            apsw.BindingsError: Both positional and named values, the wrong number of
+                values, a missing named value, or names the statement does not use.
+            TypeError: A value SQLite cannot store (and no ``types`` map adapts it).
+            OverflowError: An integer outside SQLite's 64 bits.
+            appdb.ConversionError: The database's ``types`` map failed on a value or
+                a column.
+            appdb.DatabaseClosedError: The database is closed.
+            appdb.QueryTimeout: The statement ran past a deadline or ``query_timeout``.
+            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.BusyError``...).
+            appdb.DuplicateColumnError: Dict rows, and two result columns share a name.
+        """
         if named or (len(params) == 1 and type(params[0]) not in _SCALARS):
             return self._call(_GET, self._bindings(params, named))
         return self._call(_GET, params)  # plain positional values: nothing to check
 
     def scalar(self, *params: Any, **named: Any) -> Any:
-        """Return the first column of the first row, or None when there is no row."""
+        """Return the first column of the first row, or None when there is no row.
+
+        Args:
+            *params: Positional values, or one sequence or mapping of them.
+            **named: Named values (for ``:name`` placeholders).
+
+        Returns:
+            The value (converted by the ``types`` map, if any), or ``None``.
+
+        Raises:
+            apsw.BindingsError: Both positional and named values, the wrong number of
+                values, a missing named value, or names the statement does not use.
+            TypeError: A value SQLite cannot store (and no ``types`` map adapts it).
+            OverflowError: An integer outside SQLite's 64 bits.
+            appdb.ConversionError: The database's ``types`` map failed on a value or
+                a column.
+            appdb.DatabaseClosedError: The database is closed.
+            appdb.QueryTimeout: The statement ran past a deadline or ``query_timeout``.
+            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.BusyError``...).
+        """
         if named or (len(params) == 1 and type(params[0]) not in _SCALARS):
             return self._call(_SCALAR, self._bindings(params, named))
         return self._call(_SCALAR, params)  # plain positional values: nothing to check
 
     def all(self, *params: Any, **named: Any) -> list[Any]:
-        """Run the query and return every row as a list."""
+        """Run the query and return every row as a list.
+
+        Args:
+            *params: Positional values, or one sequence or mapping of them.
+            **named: Named values (for ``:name`` placeholders).
+
+        Returns:
+            The rows (``dict`` or ``tuple`` each); empty when there are none.
+
+        Raises:
+            apsw.BindingsError: Both positional and named values, the wrong number of
+                values, a missing named value, or names the statement does not use.
+            TypeError: A value SQLite cannot store (and no ``types`` map adapts it).
+            OverflowError: An integer outside SQLite's 64 bits.
+            appdb.ConversionError: The database's ``types`` map failed on a value or
+                a column.
+            appdb.DatabaseClosedError: The database is closed.
+            appdb.QueryTimeout: The statement ran past a deadline or ``query_timeout``.
+            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.BusyError``...).
+            appdb.DuplicateColumnError: Dict rows, and two result columns share a name.
+        """
         if named or (len(params) == 1 and type(params[0]) not in _SCALARS):
             return self._call(_ALL, self._bindings(params, named))  # type: ignore[no-any-return]
         return self._call(_ALL, params)  # type: ignore[no-any-return]  # plain positional values: nothing to check
 
     def run(self, *params: Any, **named: Any) -> RunResult:
-        """Execute a write and return ``RunResult(changes, last_insert_rowid)``."""
+        """Execute a write (or any statement) and return what it changed.
+
+        Args:
+            *params: Positional values, or one sequence or mapping of them.
+            **named: Named values (for ``:name`` placeholders).
+
+        Returns:
+            ``RunResult(changes, last_insert_rowid)``: rows changed by this statement
+            and the connection's last inserted rowid.
+
+        Raises:
+            apsw.BindingsError: Both positional and named values, the wrong number of
+                values, a missing named value, or names the statement does not use.
+            TypeError: A value SQLite cannot store (and no ``types`` map adapts it).
+            OverflowError: An integer outside SQLite's 64 bits.
+            appdb.ConversionError: The database's ``types`` map failed on a value or
+                a column.
+            appdb.DatabaseClosedError: The database is closed.
+            appdb.QueryTimeout: The statement ran past a deadline or ``query_timeout``.
+            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.BusyError``...).
+            apsw.ConstraintError: A ``UNIQUE``, ``NOT NULL``, ``CHECK`` or foreign-key
+                constraint failed.
+            apsw.ReadOnlyError: A write on a database opened ``readonly=True``.
+        """
         if named or (len(params) == 1 and type(params[0]) not in _SCALARS):
             return self._call(_RUN, self._bindings(params, named))  # type: ignore[no-any-return]
         return self._call(_RUN, params)  # type: ignore[no-any-return]  # plain positional values: nothing to check
@@ -854,8 +942,28 @@ class Statement:
         """Run the query and return an iterator over its rows.
 
         The statement is reset as soon as the rows run out, or the iterator is
-        closed (``close()`` or ``with``) or garbage collected (a ``for`` loop
-        directly over ``iterate()`` that breaks drops it at once).
+        closed (``close()`` or ``with``) or garbage collected. While it is open it
+        holds a reader (or the writer) and its read snapshot: finish or close it.
+
+        Args:
+            *params: Positional values, or one sequence or mapping of them.
+            **named: Named values (for ``:name`` placeholders).
+
+        Returns:
+            A ``RowIterator`` over the rows; errors of later
+            rows are raised by ``next()``.
+
+        Raises:
+            apsw.BindingsError: Both positional and named values, the wrong number of
+                values, a missing named value, or names the statement does not use.
+            TypeError: A value SQLite cannot store (and no ``types`` map adapts it).
+            OverflowError: An integer outside SQLite's 64 bits.
+            appdb.ConversionError: The database's ``types`` map failed on a value or
+                a column.
+            appdb.DatabaseClosedError: The database is closed.
+            appdb.QueryTimeout: The statement ran past a deadline or ``query_timeout``.
+            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.BusyError``...).
+            appdb.DuplicateColumnError: Dict rows, and two result columns share a name.
         """
         bindings = self._bindings(params, named)
         core = self._core
@@ -905,7 +1013,27 @@ class Statement:
 
         The batch is atomic: outside a transaction it runs in one, inside one it
         runs in a savepoint, so a failing item leaves none of the batch behind.
-        ``changes`` is the total number of rows changed (triggers included).
+        Errors about an item's values name the item (``run_many item 3: ...``).
+
+        Args:
+            seq_of_params: An ordered iterable (a list, a generator...) of items,
+                each bound like the values of one ``run()`` call.
+
+        Returns:
+            ``RunResult(changes, last_insert_rowid)``; ``changes`` is the total
+            number of rows changed (triggers included).
+
+        Raises:
+            TypeError: ``seq_of_params`` is a ``str``, ``bytes``, a mapping or a set
+                (not an ordered iterable of items), or an item holds a value SQLite
+                cannot store.
+            apsw.BindingsError: An item has the wrong number of values or names.
+            appdb.ConversionError: The ``types`` map failed on a value.
+            appdb.DatabaseClosedError: The database is closed.
+            appdb.QueryTimeout: The batch ran past a deadline or ``query_timeout``.
+            apsw.ConstraintError: An item broke a constraint; nothing of the batch
+                was kept.
+            apsw.Error: SQLite's own error (``apsw.BusyError``, ``apsw.SQLError``...).
         """
         return _batch.run_many(self._core, self, _CheckedMany(self, seq_of_params))
 
@@ -974,10 +1102,10 @@ class _CheckedMany:
 
 
 class RowIterator:
-    """Iterator over the rows of one execution; resets the statement when done.
+    """Iterator over the rows of one execution (``Statement.iterate()``); resets the statement when done.
 
-    It holds the connection it runs on: a reader of the pool (given back when the
-    rows run out or the iterator is closed) or the writer (taken per step).
+    Use it in a ``for`` loop or as a context manager (``with stmt.iterate() as rows:``),
+    which closes it when the block ends.
     """
 
     __slots__ = ("__weakref__", "_cursor", "_epoch", "_slot", "_statement")
@@ -1049,7 +1177,7 @@ class RowIterator:
             core.checkin(slot)
 
     def close(self) -> None:
-        """Stop iterating and reset the statement now."""
+        """Reset the statement and give its connection back; safe to call twice."""
         if self._cursor is None:
             return
         core = self._statement._core

@@ -35,6 +35,9 @@ def default_readers() -> int:
     SQLite releases the GIL while it works, so readers run in parallel up to the
     number of cores; a few more than the cores keep threads that wait on I/O from
     queueing behind each other. Readers open lazily, so unused ones cost nothing.
+
+    Returns:
+        ``os.cpu_count()`` clamped to 4..8.
     """
     return max(4, min(os.cpu_count() or 1, MAX_DEFAULT_READERS))
 
@@ -213,10 +216,24 @@ def _open_more(spec: ConnectionSpec, reader: bool) -> apsw.Connection:
 def set_checkpoint_policy(path: str | os.PathLike[str], policy: str) -> str:
     """Record ``policy`` ("auto" or "external") as the checkpoint policy of the database at ``path``.
 
-    Returns the policy recorded before ("auto" when there was none). The only way to
-    change a recorded policy: stop the processes that use the database first, since
-    processes already open keep the policy they opened with. The file must exist;
-    the change runs no checkpoint, even when the connection closes.
+    The only way to change a recorded policy: stop the processes that use the
+    database first, since processes already open keep the policy they opened with.
+    The change runs no checkpoint, even when its connection closes.
+
+    Args:
+        path: The database file; it must exist.
+        policy: ``"auto"`` (appdb's WAL guard checkpoints) or ``"external"``
+            (another process such as Litestream does).
+
+    Returns:
+        The policy recorded before (``"auto"`` when there was none).
+
+    Raises:
+        ValueError: ``policy`` is not ``"auto"`` or ``"external"``.
+        appdb.DatabaseOpenError: The file does not exist or cannot be opened as a
+            SQLite database.
+        apsw.BusyError: Another connection held the write lock past ``busy_timeout``.
+        apsw.ReadOnlyError: The file or its folder is not writable.
     """
     text = os.fspath(path)
     wanted = check_policy(policy, allow_none=False)

@@ -29,10 +29,23 @@ else:
         from . import _fastcache_py as impl
 
 IMPLEMENTATION = "python" if impl.__name__.endswith("_py") else "cython"
-#: True when the compiled twin runs statements through SQLite's C API (its native
-#: path); False for the pure-Python twin, or when loading it failed (NATIVE_STATUS says why).
+"""The implementation of the hot path in use: ``"cython"`` (compiled) or ``"python"``.
+
+``"python"`` when ``APPDB_NO_EXTENSIONS=1`` is set, on PyPy, or when the install
+has no compiled extension. Both behave the same; the compiled one is faster.
+"""
 NATIVE: bool = impl.NATIVE
+"""True when the compiled implementation runs statements through SQLite's C API (its native path).
+
+False for the pure-Python implementation, or when the native path is off
+([`NATIVE_STATUS`][appdb.NATIVE_STATUS] says why).
+"""
 NATIVE_STATUS: str = impl.NATIVE_STATUS
+"""Why the native path is on or off: ``"on: ..."`` or ``"off: <reason>"``.
+
+Reasons for off: ``APPDB_NO_NATIVE=1``, the pure-Python implementation, an APSW
+that cannot load the extension, or an SQLite older than the one it was compiled for.
+"""
 
 _MODULES = {"cython": "._fastcache", "python": "._fastcache_py"}
 
@@ -40,7 +53,8 @@ if TYPE_CHECKING:
     from ._fastcache_py import Statement as Statement
 else:
     Statement = impl.Statement
-    """The class of the statements ``AppDatabase.prepare`` returns (for type hints)."""
+    # The class of the statements AppDatabase.prepare returns (for type hints); the
+    # documentation reads the twin's docstrings through the TYPE_CHECKING import above.
 
 
 def load(name: str) -> ModuleType:

@@ -16,11 +16,11 @@ from .errors import InvalidPragmaError
 __all__ = ["DEFAULT_PRAGMAS", "JOURNAL_SIZE_LIMIT", "PragmaValue", "pragma_sql", "validate_pragmas"]
 
 PragmaValue = int | str | bool
+"""The type of a pragma value: an int, a bool (``1``/``0``) or a simple word such as ``WAL``."""
 
-#: Bytes the WAL file is truncated back to after a checkpoint (64 MiB).
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""Bytes the WAL file is truncated back to after a checkpoint (64 MiB)."""
 
-#: Applied in this order on every connection that appdb opens.
 DEFAULT_PRAGMAS: dict[str, PragmaValue] = {
     "journal_mode": "WAL",
     "foreign_keys": "ON",
@@ -32,6 +32,12 @@ DEFAULT_PRAGMAS: dict[str, PragmaValue] = {
     "journal_size_limit": JOURNAL_SIZE_LIMIT,
     "trusted_schema": "OFF",
 }
+"""The pragmas of every connection appdb opens, applied in this order.
+
+``init_database(pragmas=...)`` adds to them or overrides them (see
+[`validate_pragmas`][appdb.pragmas.validate_pragmas]); ``journal_mode`` is skipped on
+read-only opens. A read-only mapping in spirit: copy it before changing it.
+"""
 
 #: Pragmas that write to the database file and are skipped on read-only opens.
 WRITE_PRAGMAS = frozenset({"journal_mode"})
@@ -81,7 +87,23 @@ def _value_sql(name: str, value: object) -> str:
 
 
 def pragma_sql(name: str, value: object = None) -> str:
-    """Build ``PRAGMA name`` or ``PRAGMA name=value`` from checked parts."""
+    """Build ``PRAGMA name`` or ``PRAGMA name=value`` from checked parts.
+
+    The name must be in SQLite's pragma list (optionally prefixed by a schema,
+    ``"main.cache_size"``) and the value an int, a bool or a simple word, so the
+    result can never carry other SQL.
+
+    Args:
+        name: The pragma name, optionally ``schema.name``; matched case-insensitively.
+        value: The value to set; ``None`` builds the statement that reads the pragma.
+
+    Returns:
+        The SQL text, for example ``"PRAGMA cache_size=-64000"``.
+
+    Raises:
+        appdb.InvalidPragmaError: The name is not a ``str``, not a known pragma, has an
+            invalid schema part, or the value is not an int, bool or simple word.
+    """
     schema, bare = _split_name(name)
     target = f"{schema}.{bare}" if schema else bare
     if value is None:
@@ -90,7 +112,20 @@ def pragma_sql(name: str, value: object = None) -> str:
 
 
 def validate_pragmas(pragmas: Mapping[str, object] | None) -> dict[str, object]:
-    """The defaults overridden by ``pragmas``; raises ``InvalidPragmaError`` naming a bad one."""
+    """The defaults overridden by ``pragmas``: what ``init_database(pragmas=...)`` applies.
+
+    Args:
+        pragmas: ``{name: value}`` to add to or override
+            [`DEFAULT_PRAGMAS`][appdb.pragmas.DEFAULT_PRAGMAS]; ``None`` for the defaults.
+
+    Returns:
+        A new dict: the defaults in their order, then the added pragmas; names
+        lower-cased.
+
+    Raises:
+        appdb.InvalidPragmaError: ``pragmas`` is not a mapping, or one of its names or
+            values is rejected (the message names it); a ``None`` value is rejected.
+    """
     merged: dict[str, object] = dict(DEFAULT_PRAGMAS)
     if pragmas is None:
         return merged
