@@ -1,7 +1,15 @@
 """appdb: a fast, safe SQLite layer on APSW with cached, compiled prepared statements.
 
+Open a database with [`init_database`][appdb.init_database]; it returns an
+[`AppDatabase`][appdb.AppDatabase], whose ``prepare()`` gives
+[`Statement`][appdb.Statement]s. The asyncio API is [`appdb.aio`][appdb.aio],
+migrations are [`appdb.migrations`][appdb.migrations], value types
+[`appdb.types`][appdb.types].
+
 SQLite's own errors surface as APSW's exception classes (``apsw.Error`` and
-subclasses); appdb's own errors subclass :class:`appdb.Error`.
+subclasses such as ``apsw.BusyError`` and ``apsw.ConstraintError``); appdb's own
+errors subclass [`appdb.Error`][appdb.Error]. ``appdb.__version__`` is the
+package version.
 """
 
 from __future__ import annotations

@@ -18,10 +18,19 @@ MODES = {"deferred": "BEGIN DEFERRED", "immediate": "BEGIN IMMEDIATE", "exclusiv
 class Transaction:
     """Context manager made by ``AppDatabase.transaction()``; savepoints when nested.
 
-    One ``Transaction`` is one block: entering it again while it is active raises
-    ``RuntimeError`` (call ``db.transaction()`` again for a nested block). Once its
-    block has ended it may be entered again. The block holds the writer lock, so
-    the calling thread's statements run on the writer.
+    ``with db.transaction() as db:`` begins a transaction (``BEGIN IMMEDIATE`` by
+    default; a ``SAVEPOINT`` inside another one), commits when the block ends and
+    rolls back when it raises. One ``Transaction`` is one block: entering it again
+    while it is active raises ``RuntimeError`` (call ``db.transaction()`` again for
+    a nested block). Once its block has ended it may be entered again. The block
+    holds the writer lock, so the calling thread's statements run on the writer.
+
+    Entering raises [`DatabaseClosedError`][appdb.DatabaseClosedError] on a closed
+    database and ``apsw.BusyError`` when another process holds the write lock past
+    ``busy_timeout``. Leaving raises [`TransactionError`][appdb.TransactionError]
+    when the transaction had already ended before it could commit, and
+    ``DatabaseClosedError`` when the database was closed inside the block; an
+    error of the block itself is re-raised after the rollback.
     """
 
     __slots__ = ("_active", "_core", "_db", "_generation", "_mode", "_savepoint")
