@@ -45,7 +45,20 @@ def discover_migrations(source: str | os.PathLike[str]) -> list[Migration]:
     Migration(...)`` or module-level ``up(db)``, optional ``down(db)``, ``destructive``,
     ``transactional``, ``foreign_keys``), and other tools' folders as they are: dbmate,
     goose, sqlx, golang-migrate (``.up.sql``/``.down.sql``) and diesel (one folder per
-    migration). Returns them sorted by version; raises ``MigrationError`` naming the file.
+    migration).
+
+    Args:
+        source: A directory, or the dotted name of an importable package that holds
+            the migration files.
+
+    Returns:
+        The migrations, sorted by version.
+
+    Raises:
+        appdb.MigrationError: ``source`` is neither a directory nor an importable
+            package, or a file is invalid (the message names it): a bad name or
+            format, two migrations with the same version, not UTF-8, a Python file
+            that fails to import or defines no migration.
     """
     text = os.fspath(source)
     if os.path.isdir(text):
@@ -68,7 +81,20 @@ def discover_migrations(source: str | os.PathLike[str]) -> list[Migration]:
 
 
 def resolve_migrations(source: MigrationSource) -> list[Migration]:
-    """A directory, package name or sequence of ``Migration`` as a sorted, checked list."""
+    """A directory, package name or sequence of ``Migration`` as a sorted, checked list.
+
+    Args:
+        source: A directory, an importable package name (both read by
+            [`discover_migrations`][appdb.migrations.discover_migrations]), or a
+            sequence of [`Migration`][appdb.migrations.Migration] objects.
+
+    Returns:
+        The migrations, sorted by version.
+
+    Raises:
+        TypeError: The sequence holds something other than ``Migration`` objects.
+        appdb.MigrationError: Two migrations share a version, or discovery failed.
+    """
     if isinstance(source, (str, os.PathLike)):
         return discover_migrations(source)
     migrations = list(source)

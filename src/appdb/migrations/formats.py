@@ -44,7 +44,28 @@ def lines_of(text: str) -> list[str]:
 
 
 def parse_sql(text: str, version: int, name: str, where: str) -> Migration:
-    """Parse an SQL migration file in any of the formats above into a ``Migration``."""
+    """Parse the text of an SQL migration file into a ``Migration``.
+
+    Reads appdb's and dbmate's ``-- migrate:up``/``-- migrate:down`` sections, goose's
+    ``-- +goose Up``/``-- +goose Down`` sections, or a plain file that is the up step
+    as a whole (sqlx, golang-migrate, diesel), after optional header lines
+    (``-- destructive: true``, ``-- transactional: false``, ``-- foreign_keys: off``).
+
+    Args:
+        text: The file's text.
+        version: The migration's version.
+        name: The migration's name.
+        where: What to call the file in messages (its path); also the ``source``.
+
+    Returns:
+        The migration; its checksum is the hash of its steps (discovery replaces it
+        with the hash of the file).
+
+    Raises:
+        appdb.MigrationError: The text has no SQL, mixes two formats' markers, has
+            another tool's directive, a near-miss of a marker or an invalid header
+            line (the message names the line).
+    """
     options = Options(where)
     lines = lines_of(text)
     kind, _ = _format(lines, where)

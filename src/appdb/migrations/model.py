@@ -95,17 +95,30 @@ class Migration:
     ``checksum`` defaults to a hash of ``up`` and ``down`` (SQL text, or callables'
     source: stable from one process to the next); discovery sets it to the hash of
     the file and ``source`` to the file's path.
+
+    Raises:
+        ValueError: ``version`` is not an int >= 1, or ``name`` is empty.
+        TypeError: ``up`` (or a given ``down``) is neither SQL text nor a callable.
     """
 
     version: int
+    """The migration's number (>= 1): migrations apply in version order."""
     name: str
+    """A short name (from the file name for discovered migrations)."""
     up: Step
+    """The change: SQL text run as a script, or a callable taking the ``AppDatabase``."""
     down: Step | None = None
+    """What undoes ``up`` (for ``rollback`` and ``verify``), or ``None``."""
     destructive: bool = False
+    """Declares that ``up`` may lose data: applied only with ``allow_destructive=True``."""
     transactional: bool = True
+    """``False`` runs the steps outside a transaction (not atomic; keep them idempotent)."""
     foreign_keys: bool = True
+    """``False`` turns foreign-key enforcement off while the step runs, then checks every key."""
     checksum: str = ""
+    """SHA-256 (hex) recorded when applied; a different one later means the migration changed."""
     source: str | None = field(default=None, compare=False)
+    """The file it was read from, or ``None``; shown in messages."""
 
     def __post_init__(self) -> None:
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
@@ -133,14 +146,25 @@ class Migration:
 
 @dataclass(frozen=True)
 class Finding:
-    """One thing detection saw a migration do; ``loses_data`` findings need approval."""
+    """One thing detection saw a migration do; ``loses_data`` findings need approval.
+
+    Detection runs the migration and compares the tables before and after, so it
+    sees what the SQL did, whatever the SQL looks like.
+    """
 
     kind: str
+    """``"drop_table"``, ``"drop_column"``, ``"delete_rows"``, ``"lose_values"``,
+    ``"rename_table"``, ``"rename_column"`` or ``"rebuild_table"``."""
     table: str
+    """The table concerned."""
     message: str
+    """A readable sentence (also ``str(finding)``)."""
     loses_data: bool
+    """True when rows or values were lost (a rename or a lossless rebuild is not)."""
     column: str | None = None
+    """The column concerned, for column findings."""
     count: int = 0
+    """Rows or values lost, when counted."""
 
     def __str__(self) -> str:
         return self.message
@@ -162,12 +186,20 @@ class MigrationResult:
     """What happened to one migration in a run or rollback."""
 
     version: int
+    """The migration's version."""
     name: str
+    """The migration's name."""
     status: Status
+    """``"applied"``, ``"rolled_back"``, ``"pending"`` (dry run), ``"blocked"`` (destructive
+    and not approved; rolled back), ``"failed"`` (rolled back) or ``"skipped"`` (after a stop)."""
     destructive: bool = False
+    """The migration declares itself destructive."""
     duration_ms: float = 0.0
+    """Time the step took, in milliseconds."""
     error: BaseException | None = None
+    """Why it was blocked or failed (a [`MigrationError`][appdb.MigrationError]), else ``None``."""
     detected: list[Finding] = field(default_factory=list)
+    """What detection saw the migration do."""
 
     @property
     def loses_data(self) -> bool:
@@ -193,9 +225,13 @@ class AppliedMigration:
     """A row of the bookkeeping table: a migration applied to this database."""
 
     version: int
+    """The migration's version."""
     name: str
+    """The migration's name."""
     applied_at: str
+    """When it was applied: UTC, ISO 8601 text."""
     checksum: str
+    """The migration's checksum when it was applied."""
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-ready dict."""
@@ -212,8 +248,11 @@ class ValidationReport:
     """What ``MigrationRunner.validate`` found; ``ok`` when nothing is wrong."""
 
     changed: tuple[AppliedMigration, ...] = ()
+    """Applied migrations whose checksum differs from their file now."""
     missing: tuple[AppliedMigration, ...] = ()
+    """Applied migrations that are not among the migrations given."""
     out_of_order: tuple[Migration, ...] = ()
+    """Pending migrations older than the newest applied one."""
 
     @property
     def ok(self) -> bool:

@@ -89,6 +89,19 @@ class MigrationRunner:
     migration, say), the runner keeps waiting for up to ``lock_wait`` seconds (10
     minutes by default), then re-reads what is applied; if the lock is still held
     after that, ``MigrationError`` says the database stayed locked.
+
+    Every method that takes ``migrations`` accepts a directory, an importable
+    package name, or a sequence of [`Migration`][appdb.migrations.Migration]
+    objects, and raises [`MigrationError`][appdb.MigrationError] when they cannot be
+    found or loaded (``TypeError`` for a sequence holding anything else).
+
+    Args:
+        db: The database: an [`AppDatabase`][appdb.AppDatabase], or an
+            ``apsw.Connection`` (wrapped, without a reader pool).
+        lock_wait: Seconds to keep waiting for the write lock another process holds.
+
+    Raises:
+        TypeError: ``db`` is neither an ``AppDatabase`` nor an ``apsw.Connection``.
     """
 
     def __init__(self, db: AppDatabase | apsw.Connection, *, lock_wait: float = LOCK_WAIT) -> None:
@@ -99,16 +112,39 @@ class MigrationRunner:
                 f"MigrationRunner needs an AppDatabase or apsw.Connection, not {type(db).__name__}"
             )
         self.db = db
+        """The database the runner works on."""
         self.lock_wait = float(lock_wait)
+        """Seconds to keep waiting for a write lock that another connection holds."""
 
     # -- reading ---------------------------------------------------------------
     def get_applied_migrations(self) -> list[AppliedMigration]:
-        """Applied migrations, in the order they were applied."""
+        """Applied migrations, in the order they were applied.
+
+        Returns:
+            One [`AppliedMigration`][appdb.migrations.AppliedMigration] per row of
+            appdb's bookkeeping table (empty when there is none).
+
+        Raises:
+            appdb.DatabaseClosedError: The database is closed.
+        """
         with self.db.transaction(mode="deferred"):
             return ledger.read_applied(self.db.connection)
 
     def pending(self, migrations: MigrationSource, *, target: int | None = None) -> list[Migration]:
-        """Migrations not applied yet (up to ``target`` when given), in version order."""
+        """Migrations not applied yet (up to ``target`` when given), in version order.
+
+        Args:
+            migrations: A directory, an importable package name, or a sequence of
+                [`Migration`][appdb.migrations.Migration] objects.
+            target: The highest version to include (``None``: all).
+
+        Returns:
+            The pending migrations.
+
+        Raises:
+            appdb.MigrationError: The migrations could not be found or loaded.
+            appdb.DatabaseClosedError: The database is closed.
+        """
         applied = {a.version for a in self.get_applied_migrations()}
         return [
             m
@@ -117,7 +153,22 @@ class MigrationRunner:
         ]
 
     def validate(self, migrations: MigrationSource) -> ValidationReport:
-        """Applied migrations whose checksum changed or whose file vanished; pending ones out of order."""
+        """Applied migrations whose checksum changed or whose file vanished; pending ones out of order.
+
+        Reads only; nothing is changed.
+
+        Args:
+            migrations: A directory, an importable package name, or a sequence of
+                [`Migration`][appdb.migrations.Migration] objects.
+
+        Returns:
+            A [`ValidationReport`][appdb.migrations.ValidationReport]; ``ok`` when
+            nothing is wrong.
+
+        Raises:
+            appdb.MigrationError: The migrations could not be found or loaded.
+            appdb.DatabaseClosedError: The database is closed.
+        """
         known = {m.version: m for m in resolve_migrations(migrations)}
         applied = self.get_applied_migrations()
         versions = {a.version for a in applied}
@@ -131,7 +182,24 @@ class MigrationRunner:
         )
 
     def repair(self, migrations: MigrationSource) -> list[AppliedMigration]:
-        """Re-record the checksums of applied migrations whose files changed; return those repaired."""
+        """Re-record the checksums of applied migrations whose files changed.
+
+        For an edit that does not change what the migration did (a comment, say);
+        each repair is logged as a warning on the ``appdb`` logger.
+
+        Args:
+            migrations: A directory, an importable package name, or a sequence of
+                [`Migration`][appdb.migrations.Migration] objects.
+
+        Returns:
+            The repaired rows, with their new checksums.
+
+        Raises:
+            appdb.MigrationError: The database is read-only, or the migrations could
+                not be found or loaded.
+            appdb.DatabaseClosedError: The database is closed.
+            apsw.BusyError: Another connection held the write lock past ``busy_timeout``.
+        """
         self._check_writable("repair checksums")
         known = {m.version: m for m in resolve_migrations(migrations)}
         repaired: list[AppliedMigration] = []
@@ -151,7 +219,15 @@ class MigrationRunner:
         return repaired
 
     def ledger_sources(self) -> list[str]:
-        """The other tools whose migration tables are in the database (what ``adopt`` reads)."""
+        """The other tools whose migration tables are in the database (what ``adopt`` reads).
+
+        Returns:
+            Tool names among ``"dbmate"``, ``"goose"``, ``"sqlx"``,
+            ``"golang-migrate"`` and ``"diesel"``; empty when there is none.
+
+        Raises:
+            appdb.DatabaseClosedError: The database is closed.
+        """
         with self.db.transaction(mode="deferred"):
             return find_sources(self.db.connection)
 
@@ -165,7 +241,23 @@ class MigrationRunner:
         (adopting twice records nothing new), and a changed applied file raises as in
         ``run_migrations``. ``MigrationError``, with nothing recorded, when the table
         is missing or ambiguous, says a migration failed or is dirty, or names a
-        version that has no migration here. Returns the migrations recorded now.
+        version that has no migration here.
+
+        Args:
+            migrations: A directory, an importable package name, or a sequence of
+                [`Migration`][appdb.migrations.Migration] objects.
+            source: ``"auto"`` or the tool's name.
+
+        Returns:
+            The migrations recorded now (empty when there was nothing new).
+
+        Raises:
+            ValueError: ``source`` names no known tool.
+            appdb.MigrationError: The database is read-only; the tool's table is
+                missing or ambiguous, records a failed or dirty migration, or a version
+                with no migration here; an applied migration changed; the migrations
+                could not be loaded; or the write lock stayed held past ``lock_wait``.
+            appdb.DatabaseClosedError: The database is closed.
         """
         ordered = resolve_migrations(migrations)
         self._check_writable("adopt another tool's migrations")
@@ -209,6 +301,25 @@ class MigrationRunner:
         ``dry_run`` runs everything on a private copy and reports ``pending`` instead,
         with ``detected`` filled for every migration, skipped ones included. A changed
         checksum raises ``MigrationError`` unless ``repair_checksums`` re-records it.
+
+        Args:
+            migrations: A directory, an importable package name, or a sequence of
+                [`Migration`][appdb.migrations.Migration] objects.
+            dry_run: Run on a private copy and change nothing.
+            allow_destructive: Apply destructive migrations (declared or detected) too.
+            target: The highest version to apply (``None``: all).
+            repair_checksums: Re-record changed checksums instead of raising.
+
+        Returns:
+            One [`MigrationResult`][appdb.migrations.MigrationResult] per pending
+            migration considered, in version order.
+
+        Raises:
+            appdb.MigrationError: An applied migration changed, migrations are pending
+                on a read-only database, the migrations could not be loaded, or the
+                write lock stayed held past ``lock_wait``. A migration that fails does
+                not raise: its result is ``failed`` with the error.
+            appdb.DatabaseClosedError: The database is closed.
         """
         ordered = resolve_migrations(migrations)
         if dry_run:
@@ -249,6 +360,23 @@ class MigrationRunner:
         Before anything changes, every migration to undo must be known, unchanged and
         have a ``down`` step, else ``MigrationError``. A ``down`` step that would lose
         data is ``blocked`` (and undone) unless ``allow_destructive``.
+
+        Args:
+            migrations: A directory, an importable package name, or a sequence of
+                [`Migration`][appdb.migrations.Migration] objects.
+            to_version: The version to go back to (``0``: undo everything).
+            allow_destructive: Run ``down`` steps that lose data.
+
+        Returns:
+            One [`MigrationResult`][appdb.migrations.MigrationResult] per migration
+            undone or stopped (``rolled_back``, ``blocked``, ``failed``, ``skipped``).
+
+        Raises:
+            ValueError: ``to_version`` is not an int >= 0.
+            appdb.MigrationError: A migration to undo is unknown, changed or has no
+                ``down``; the database is read-only; the migrations could not be
+                loaded; or the write lock stayed held past ``lock_wait``.
+            appdb.DatabaseClosedError: The database is closed.
         """
         if isinstance(to_version, bool) or not isinstance(to_version, int) or to_version < 0:
             raise ValueError(f"to_version must be an int >= 0, not {to_version!r}")

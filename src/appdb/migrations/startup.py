@@ -25,6 +25,23 @@ def apply_on_open(
     ones ``skipped``, a warning says how to approve it, and the database opens at
     the last safe version. A failed migration raises ``MigrationError``; so do
     pending migrations on a read-only database and changed checksums.
+
+    Args:
+        db: The open database.
+        migrations: A directory, an importable package name, or a sequence of
+            [`Migration`][appdb.migrations.Migration] objects.
+        allow_destructive: Apply destructive migrations too.
+
+    Returns:
+        One [`MigrationResult`][appdb.migrations.MigrationResult] per pending
+        migration considered.
+
+    Raises:
+        appdb.MigrationError: A migration failed (rolled back), could not be loaded,
+            changed after it was applied, is pending on a read-only database, or the
+            write lock stayed held past the runner's ``lock_wait``.
+        TypeError: ``migrations`` holds something other than ``Migration`` objects.
+        appdb.DatabaseClosedError: ``db`` is closed.
     """
     ordered = resolve_migrations(migrations)
     results = MigrationRunner(db).run_migrations(ordered, allow_destructive=allow_destructive)

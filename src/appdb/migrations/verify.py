@@ -17,9 +17,13 @@ class VerifyReport:
     """Whether one migration is reversible: ``ok``, or ``problems`` saying why not."""
 
     version: int
+    """The migration's version."""
     name: str
+    """The migration's name."""
     problems: list[str] = field(default_factory=list)
+    """One sentence per problem; empty when the migration is reversible."""
     checked: bool = True
+    """False when it was not checked because an earlier migration failed."""
 
     @property
     def ok(self) -> bool:
@@ -52,6 +56,20 @@ def verify_migrations(db: AppDatabase | None, migrations: MigrationSource) -> li
     migration without ``down``, a step that fails, a ``down`` that does not restore
     the schema, or an ``up`` that leaves a different schema the second time. The
     real database is never changed. After a failure later migrations are not checked.
+
+    Args:
+        db: The database whose pending migrations to check (it is copied, never
+            changed), or ``None`` to check every migration from an empty database.
+        migrations: A directory, an importable package name, or a sequence of
+            [`Migration`][appdb.migrations.Migration] objects.
+
+    Returns:
+        One report per migration checked, in version order.
+
+    Raises:
+        appdb.MigrationError: The migrations could not be found or loaded.
+        TypeError: ``migrations`` holds something other than ``Migration`` objects.
+        appdb.DatabaseClosedError: ``db`` is closed.
     """
     ordered = resolve_migrations(migrations)
     reports: list[VerifyReport] = []
