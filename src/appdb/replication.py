@@ -62,7 +62,25 @@ logger = logging.getLogger("appdb")
 
 
 def config_for(db_path: str | os.PathLike[str], url: str, sync_interval: float = 1.0) -> str:
-    """The Litestream YAML configuration replicating ``db_path`` to ``url`` every ``sync_interval`` s."""
+    """The Litestream YAML configuration replicating ``db_path`` to ``url`` every ``sync_interval`` s.
+
+    For running ``litestream replicate -config ...`` yourself (under a process
+    manager, for example) instead of a [`Replicator`][appdb.replication.Replicator].
+
+    Args:
+        db_path: The database file (made absolute).
+        url: The replica: a URL (``file://``, ``s3://``, ``sftp://``...) or a plain
+            path (taken as an absolute ``file://`` URL).
+        sync_interval: Seconds between two reads of the WAL and between two
+            uploads to the replica (Litestream's ``monitor-interval`` and
+            ``sync-interval``).
+
+    Returns:
+        The YAML text.
+
+    Raises:
+        ValueError: ``url`` is empty, or ``sync_interval`` is not a number > 0.
+    """
     return config_text(os.fspath(db_path), url, sync_interval)
 
 
@@ -94,8 +112,30 @@ def restore(
 
     Never replaces an existing ``dest`` unless ``force`` (then its ``-wal``/``-shm``
     go too). The copy is written beside ``dest`` under a private name, must pass
-    ``PRAGMA integrity_check``, and only then takes its place. Returns its schema
-    version (highest applied appdb migration, 0 when none).
+    ``PRAGMA integrity_check``, and only then takes its place; it is owner-only
+    (``0600``). A missing parent directory is created.
+
+    Args:
+        url: The replica, as given to [`Replicator`][appdb.replication.Replicator]
+            (a URL, or a plain path for a ``file://`` replica).
+        dest: The file to create.
+        timestamp: Restore the state as of this time (a ``datetime``, naive ones
+            being local time, or ISO 8601 text such as ``"2026-01-31T12:00:00Z"``);
+            ``None``: the latest.
+        force: Replace an existing ``dest``.
+
+    Returns:
+        The restored database's schema version (highest applied appdb
+        migration, 0 when none).
+
+    Raises:
+        FileExistsError: ``dest`` exists and ``force`` is false.
+        ValueError: ``url`` is empty or ``timestamp`` is not ISO 8601 text.
+        TypeError: ``timestamp`` is neither a ``datetime`` nor a ``str``.
+        LitestreamNotFoundError: No usable ``litestream`` binary (0.5 or newer).
+        ReplicationError: ``litestream restore`` failed (no replica at ``url``,
+            nothing as old as ``timestamp``...), or the copy fails
+            ``integrity_check``.
     """
     target = os.path.abspath(os.fspath(dest))
     if not force and os.path.lexists(target):
@@ -145,13 +185,22 @@ class ReplicatorStatus:
     """What ``Replicator.status()`` reports; TXIDs are Litestream's transaction ids."""
 
     running: bool
+    """True while the litestream process runs."""
     pid: int | None
+    """The litestream process id, ``None`` before ``start()``."""
     db_path: str
+    """The replicated database (absolute path)."""
     url: str
+    """The replica URL."""
     state: str | None = None  # litestream's word: "replicating", "open", "stopped"
+    """Litestream's word for the database (``"replicating"``, ``"open"``, ``"stopped"``),
+    when it answered."""
     txid: int | None = None  # the newest position Litestream has read from the WAL
+    """The newest position (TXID) Litestream has read from the WAL, when it answered."""
     last_sync_at: str | None = None
+    """When Litestream last shipped to the replica (its timestamp text), when it answered."""
     returncode: int | None = None
+    """The exit code of a litestream process that has ended, else ``None``."""
 
 
 class Replicator:
@@ -160,13 +209,28 @@ class Replicator:
     One per database across processes (an ``flock`` on ``<db>-litestream.lock``);
     the child gets SIGTERM when this process dies (Linux ``PR_SET_PDEATHSIG``;
     elsewhere a watchdog process does the same when this process's pipe closes);
-    its log goes to the ``appdb`` logger.
+    its log goes to the ``appdb`` logger. A context manager: ``with
+    Replicator(path, url):`` starts it and stops it at the end. Open the database
+    with ``init_database(path, checkpoints="external")`` so that appdb leaves
+    checkpoints to Litestream (``start()`` logs a warning otherwise).
+
+    Args:
+        db_path: The database file to replicate.
+        url: The replica: a URL (``file://``, ``s3://``, ``sftp://``...) or a plain
+            path (taken as an absolute ``file://`` URL).
+        sync_interval: Seconds between two reads of the WAL and two uploads.
+
+    Raises:
+        ValueError: ``url`` is empty, or ``sync_interval`` is not a number > 0.
     """
 
     def __init__(self, db_path: str | os.PathLike[str], url: str, sync_interval: float = 1.0) -> None:
         self.db_path = os.path.abspath(os.fspath(db_path))
+        """The database file (absolute path)."""
         self.url = replica_url(url)
+        """The replica URL (a plain path became a ``file://`` URL)."""
         self.sync_interval = sync_interval
+        """Seconds between two reads of the WAL and two uploads."""
         config_text(self.db_path, self.url, sync_interval)  # checks the arguments now
         self._proc: subprocess.Popen[bytes] | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
@@ -181,7 +245,21 @@ class Replicator:
         return None if self._dir is None else os.path.join(self._dir, "s.sock")
 
     def start(self, timeout: float = 30.0) -> Replicator:
-        """Start litestream and return once it replicates the database (``ReplicationError`` if not)."""
+        """Start litestream and return once it replicates the database.
+
+        Args:
+            timeout: Seconds to wait for litestream to report that it replicates.
+
+        Returns:
+            This replicator.
+
+        Raises:
+            FileNotFoundError: The database file does not exist.
+            LitestreamNotFoundError: No usable ``litestream`` binary (0.5 or newer).
+            ReplicationError: Already started, another process replicates this
+                database, or litestream did not start replicating in ``timeout``
+                seconds (the message quotes its last log lines).
+        """
         if self._lock_fd is not None:
             raise ReplicationError("this Replicator is already started")
         if not os.path.isfile(self.db_path):
@@ -277,8 +355,17 @@ class Replicator:
         ``wait`` uploads and answers the replica's TXID ``R``, repeated until
         ``R >= L`` (LTX files upload in TXID order, so ``R >= L`` means all of them).
         One call is not enough: under concurrent writes its local TXID may already
-        include a later read. ``ReplicationError`` if the replica is not there in
-        ``timeout`` seconds or litestream is not running.
+        include a later read.
+
+        Args:
+            timeout: Seconds to wait for the replica.
+
+        Returns:
+            The replica's TXID.
+
+        Raises:
+            ReplicationError: Litestream is not running, or the replica did not
+                catch up in ``timeout`` seconds.
         """
         proc = self._proc
         if proc is None or proc.poll() is not None:
@@ -302,7 +389,14 @@ class Replicator:
                 )
 
     def status(self) -> ReplicatorStatus:
-        """Whether litestream runs, its pid, its state, TXID and last sync time."""
+        """Whether litestream runs, its pid, its state, TXID and last sync time.
+
+        Never raises for an unanswered control socket: the fields it would fill
+        stay ``None``.
+
+        Returns:
+            A [`ReplicatorStatus`][appdb.replication.ReplicatorStatus].
+        """
         proc = self._proc
         running = proc is not None and proc.poll() is None
         base: dict[str, Any] = {"running": running, "pid": self.pid, "db_path": self.db_path, "url": self.url}
@@ -322,7 +416,15 @@ class Replicator:
         return ReplicatorStatus(**base)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop litestream (SIGTERM: it ships what it has read, then exits; SIGKILL after ``timeout``)."""
+        """Stop litestream (SIGTERM: it ships what it has read, then exits; SIGKILL after ``timeout``).
+
+        Safe to call twice, and on a replicator that never started. Call
+        [`sync()`][appdb.replication.Replicator.sync] first to be sure every
+        commit reached the replica.
+
+        Args:
+            timeout: Seconds to wait after SIGTERM.
+        """
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.terminate()
