@@ -48,6 +48,12 @@ def declared_type_key(declared: str | None) -> str | None:
     ``"DECIMAL(10,2)"`` and ``"decimal text"`` both match ``"DECIMAL"``;
     ``"TIMESTAMP WITH TIME ZONE"`` matches ``"TIMESTAMP"``. Expressions and columns
     declared without a type have no key.
+
+    Args:
+        declared: A column's declared type as SQLite reports it, or ``None``.
+
+    Returns:
+        The first word in upper case, or ``None``.
     """
     if not declared:
         return None
@@ -82,7 +88,12 @@ class TypeMap:
     a Python value. NULL stays ``None``. Expressions have no declared type.
 
     ``init_database(types=...)`` takes a copy: later changes to this map do not
-    affect databases already open.
+    affect databases already open. Start from [`standard()`][appdb.types.standard]
+    for appdb's everyday types, or from an empty ``TypeMap()``.
+
+    A failing adapter or converter surfaces as
+    [`ConversionError`][appdb.ConversionError] naming the parameter or the column;
+    a value no adapter applies to as APSW's ``TypeError`` naming the parameter.
     """
 
     __slots__ = ("_adapters", "_converters", "_resolved")
@@ -93,7 +104,24 @@ class TypeMap:
         self._resolved: dict[type, Adapter | None] = {}
 
     def adapt(self, python_type: type, fn: Adapter) -> TypeMap:
-        """Bind values of ``python_type`` (and its subclasses) as ``fn(value)``; returns the map."""
+        """Bind values of ``python_type`` (and its subclasses) as ``fn(value)``.
+
+        Registering a type again replaces its adapter.
+
+        Args:
+            python_type: The class to adapt.
+            fn: Returns ``None``, ``int``, ``float``, ``str`` or ``bytes`` (or another
+                value the map adapts) for a value of ``python_type``; raising
+                ``ValueError`` or ``TypeError`` refuses the value.
+
+        Returns:
+            This map, so calls chain.
+
+        Raises:
+            TypeError: ``python_type`` is not a class, or ``fn`` is not callable.
+            ValueError: SQLite stores ``python_type`` natively (``int``, ``float``,
+                ``str``, ``bytes``, ``None`` and their subclasses).
+        """
         if not isinstance(python_type, type):
             raise TypeError(f"adapt() takes a type, not {python_type!r}")
         if issubclass(python_type, _NATIVE):
@@ -108,7 +136,22 @@ class TypeMap:
         return self
 
     def convert(self, declared_type: str, fn: Converter) -> TypeMap:
-        """Turn values of columns declared ``declared_type`` into ``fn(value)``; returns the map."""
+        """Turn values of columns declared ``declared_type`` into ``fn(value)``.
+
+        Registering a declared type again replaces its converter.
+
+        Args:
+            declared_type: One word (``"DATE"``), matched in any case against the
+                first word of a column's declared type.
+            fn: Turns a non-NULL value of such a column into a Python value.
+
+        Returns:
+            This map, so calls chain.
+
+        Raises:
+            ValueError: ``declared_type`` is not one word.
+            TypeError: ``fn`` is not callable.
+        """
         if not isinstance(declared_type, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", declared_type):
             raise ValueError(
                 f"convert() takes one word of a declared column type (such as 'DATE'), not {declared_type!r}"
@@ -119,7 +162,11 @@ class TypeMap:
         return self
 
     def copy(self) -> TypeMap:
-        """A new map with the same adapters and converters."""
+        """A new map with the same adapters and converters.
+
+        Returns:
+            The copy; changing it leaves this map alone.
+        """
         other = TypeMap()
         other._adapters.update(self._adapters)
         other._converters.update(self._converters)
@@ -156,8 +203,17 @@ class TypeMap:
     def to_sqlite(self, value: Any) -> Any:
         """``value`` as a value SQLite stores, through the adapters.
 
-        Raises ``TypeError`` (in APSW's words, which appdb turns into a message
-        naming the parameter) when no adapter applies.
+        Args:
+            value: Any value.
+
+        Returns:
+            ``value`` itself when SQLite stores it natively, else the adapted value.
+
+        Raises:
+            TypeError: No adapter applies (in APSW's words, which appdb turns into
+                a message naming the parameter).
+            appdb.ConversionError: Adapters kept returning values to adapt (a cycle).
+            Exception: Whatever an adapter raises.
         """
         for _ in range(_MAX_ADAPT_STEPS):
             if isinstance(value, _NATIVE):
@@ -169,7 +225,24 @@ class TypeMap:
         raise ConversionError(f"adapters kept returning values to adapt; last {type(value).__name__}")
 
     def bind(self, cursor: apsw.Cursor, number: int, value: Any) -> Any:
-        """APSW's ``convert_binding`` hook: adapt parameter ``number`` (1-based)."""
+        """APSW's ``convert_binding`` hook: adapt parameter ``number`` (1-based).
+
+        appdb installs it on every connection of a database opened with
+        ``types=``; you do not call it yourself.
+
+        Args:
+            cursor: The cursor binding the value.
+            number: The parameter's position (1-based).
+            value: A value SQLite does not store natively.
+
+        Returns:
+            The adapted value.
+
+        Raises:
+            TypeError: No adapter applies (APSW's message).
+            appdb.ConversionError: The adapter failed; the message names the
+                parameter and the value.
+        """
         try:
             return self.to_sqlite(value)
         except _NoAdapter:
@@ -186,7 +259,21 @@ class TypeMap:
     def row_converter(
         self, sql: str, columns: Sequence[str], declared_types: Sequence[str | None]
     ) -> Callable[[tuple[Any, ...]], tuple[Any, ...]] | None:
-        """A function converting the rows of statement ``sql``, or None when no column converts."""
+        """A function converting the rows of statement ``sql``, or None when no column converts.
+
+        Statements call it when they (re)read their columns; you do not call it
+        yourself.
+
+        Args:
+            sql: The statement's SQL (named in error messages).
+            columns: The result column names.
+            declared_types: Each column's declared type (``None`` for expressions).
+
+        Returns:
+            A function from a row tuple to the converted tuple (raising
+            ``appdb.ConversionError`` naming the column when a converter fails), or
+            ``None``.
+        """
         converters = self._converters
         if not converters:
             return None
@@ -350,22 +437,23 @@ def _convert_boolean(value: Any) -> Any:
 def standard() -> TypeMap:
     """A new ``TypeMap`` with appdb's standard adapters and converters.
 
-    ============================  ======================================  ==========================
-    Python value                  stored as                               read back from columns
-    ============================  ======================================  ==========================
-    aware ``datetime``            ISO 8601 text with offset               ``DATETIME``, ``TIMESTAMP``
-    ``date``                      ``YYYY-MM-DD``                          ``DATE``
-    ``time``                      ``HH:MM:SS[.ffffff][+HH:MM]``           ``TIME``
-    ``Decimal``                   its exact text                          ``DECIMAL``
-    ``UUID``                      36-character text                       ``UUID``
-    ``Enum`` member               its value                               (the value)
-    ``dict``, ``list``            compact JSON text                       ``JSON``
-    ``bool``                      0 or 1 (SQLite's own)                   ``BOOLEAN``, ``BOOL``
-    ============================  ======================================  ==========================
+    | Python value | stored as | read back from columns |
+    | --- | --- | --- |
+    | aware ``datetime`` | ISO 8601 text with offset | ``DATETIME``, ``TIMESTAMP`` |
+    | ``date`` | ``YYYY-MM-DD`` | ``DATE`` |
+    | ``time`` | ``HH:MM:SS[.ffffff][+HH:MM]`` | ``TIME`` |
+    | ``Decimal`` | its exact text | ``DECIMAL`` |
+    | ``UUID`` | 36-character text | ``UUID`` |
+    | ``Enum`` member | its value | (the value) |
+    | ``dict``, ``list`` | compact JSON text | ``JSON`` |
+    | ``bool`` | 0 or 1 (SQLite's own) | ``BOOLEAN``, ``BOOL`` |
 
     A naive ``datetime`` is refused (``ConversionError``): its instant is ambiguous.
     Text without an offset read from a ``DATETIME`` column (SQLite's own
     ``CURRENT_TIMESTAMP``, say) comes back as a naive ``datetime``.
+
+    Returns:
+        A new map each call: add to it or change it freely.
     """
     types = TypeMap()
     types.adapt(_dt.datetime, _adapt_datetime)
