@@ -30,7 +30,16 @@ from .migrations.model import Migration
 
 __all__ = ["EXIT_APPROVAL", "EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_APPROVAL = 0, 1, 2, 3
+# One assignment each, so that the API reference (griffe) sees them and their docstrings.
+EXIT_OK = 0
+"""Exit code 0: the command did what was asked (``status``: nothing is wrong)."""
+EXIT_FAILURE = 1
+"""Exit code 1: the command failed (an error, a failed check, a failed migration), or
+``status`` found an applied migration whose file changed."""
+EXIT_USAGE = 2
+"""Exit code 2: a usage error (an unknown command or option, a bad value); argparse's code."""
+EXIT_APPROVAL = 3
+"""Exit code 3: a destructive migration is waiting for approval (``--allow-destructive``)."""
 DEFAULT_DB = "./data/app.db"
 DEFAULT_MIGRATIONS = "./migrations"
 
@@ -545,7 +554,24 @@ def _emit(report: Report, as_json: bool, out: TextIO) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``appdb`` command; returns the exit code."""
+    """Run the ``appdb`` command (``appdb`` and ``python -m appdb`` call this).
+
+    Errors are printed (``appdb: error: ...`` on stderr; with ``--json``, also as a
+    JSON object on stdout) and become exit code 1 rather than exceptions. The
+    [command reference](../reference/cli.md) lists every command, option and exit code.
+
+    Args:
+        argv: The arguments after the command's name (``None``: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: [`EXIT_OK`][appdb.cli.EXIT_OK],
+        [`EXIT_FAILURE`][appdb.cli.EXIT_FAILURE] or
+        [`EXIT_APPROVAL`][appdb.cli.EXIT_APPROVAL].
+
+    Raises:
+        SystemExit: A usage error (code [`EXIT_USAGE`][appdb.cli.EXIT_USAGE], the
+            message on stderr), or ``--help`` / ``--version`` (code 0), as argparse does.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     args.migrations_default = not hasattr(args, "migrations")
