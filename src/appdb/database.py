@@ -411,7 +411,17 @@ class AppDatabase:
 
     # -- maintenance -----------------------------------------------------------
     def is_healthy(self) -> bool:
-        """True when the connection is open and can read its database file. Never raises."""
+        """True when the connection is open and can read its database file. Never raises.
+
+        For health checks (``appdb health`` uses it): it runs a small query on the
+        writer (waiting while another thread holds it) and checks that the file on
+        disk is still the one opened and still a SQLite database, not deleted,
+        replaced or overwritten behind the connection's back.
+
+        Returns:
+            ``False`` when the database is closed, the query fails, or the file was
+            deleted, replaced or damaged; else ``True``.
+        """
         try:
             if self._core.closed:
                 return False
@@ -569,6 +579,11 @@ class AppDatabase:
         A transaction still open (begun with SQL such as ``exec("BEGIN")`` and never
         ended) is rolled back, with a warning on the ``appdb`` logger: its
         uncommitted changes are discarded. ``close()`` itself never raises for it.
+
+        It waits while another thread holds the writer (``writer()``,
+        ``transaction()``). A writable database runs ``PRAGMA optimize`` first;
+        SQLite checkpoints the WAL as the last connection closes, except under the
+        "external" checkpoint policy.
         """
         core = self._core
         if core.closed:
