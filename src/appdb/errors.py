@@ -2,7 +2,7 @@
 
 SQLite's own errors are not wrapped: they surface as APSW's exception classes
 (``apsw.SQLError``, ``apsw.ConstraintError``, ``apsw.BusyError``, ...), all of which
-subclass ``apsw.Error``.  appdb's own errors subclass :class:`Error`.
+subclass ``apsw.Error``.  appdb's own errors subclass ``Error``.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ def destructive_error(
 class MigrationRunner:
     """Applies and rolls back migrations on one database.
 
-    ``db`` is an :class:`~appdb.AppDatabase` or a bare ``apsw.Connection`` (wrapped).
+    ``db`` is an [`AppDatabase`][appdb.AppDatabase] or a bare ``apsw.Connection`` (wrapped).
     Each migration and its bookkeeping row commit in one ``BEGIN IMMEDIATE``
     transaction, taken before reading what is applied, so several processes can
     run the same migrations at once and each is applied exactly once. When another
