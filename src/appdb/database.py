@@ -387,7 +387,7 @@ class AppDatabase:
             seconds: The time budget of the whole block, a number > 0.
 
         Raises:
-            ValueError: ``seconds`` is not a number > 0.
+            ValueError: ``seconds`` is not a number > 0 (raised when the block is entered).
             appdb.QueryTimeout: From a statement inside the block, past the deadline.
         """
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
