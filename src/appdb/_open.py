@@ -84,8 +84,8 @@ def init_database(
     created, so a mistyped option or migrations path leaves nothing behind.
 
     Args:
-        path: A file path or ``":memory:"``. A missing parent directory is created
-            (owner-only permissions, like the database file).
+        path: A file path or ``":memory:"``. A missing parent directory is
+            created; a new database file is owner-only (``0600``).
         readonly: Open without ever modifying the file; the file must exist, and
             writes raise ``apsw.ReadOnlyError``.
         run_migrations: Apply ``migrations`` before returning (``False``: only open).
