@@ -1030,7 +1030,6 @@ class Statement:
             apsw.BindingsError: An item has the wrong number of values or names.
             appdb.ConversionError: The ``types`` map failed on a value.
             appdb.DatabaseClosedError: The database is closed.
-            appdb.QueryTimeout: The batch ran past a deadline or ``query_timeout``.
             apsw.ConstraintError: An item broke a constraint; nothing of the batch
                 was kept.
             apsw.Error: SQLite's own error (``apsw.BusyError``, ``apsw.SQLError``...).

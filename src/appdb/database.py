@@ -301,7 +301,6 @@ class AppDatabase:
             appdb.DatabaseClosedError: The database is closed.
             apsw.Error: The error of the failing statement (``apsw.SQLError``,
                 ``apsw.ConstraintError``, ``apsw.BusyError``...).
-            appdb.QueryTimeout: A statement ran past a deadline or ``query_timeout``.
         """
         if not isinstance(sql, str):
             raise TypeError(f"exec() takes SQL text (str), not {type(sql).__name__}")
