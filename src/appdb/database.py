@@ -87,7 +87,7 @@ class AppDatabase:
     ``statement_cache_size`` entries. Compiling checks the SQL at once, so a typo
     fails here, not at the first run.
 
-    ``sql`` is one SQL statement with ``?``, ``?NNN`` or ``:name`` placeholders.
+    ``sql`` is one SQL statement with ``?``, ``?NNN``, ``:name``, ``@name`` or ``$name`` placeholders.
     ``row_type`` is ``"dict"`` or ``"tuple"`` (``None``: the database's default).
 
     Raises ``appdb.DatabaseClosedError`` after ``close()``, ``ValueError`` for an
