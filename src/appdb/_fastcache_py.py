@@ -431,6 +431,19 @@ class Statement:
     tuples (``row_type="tuple"``). Outside a transaction, read-only statements run
     on the reader pool; inside ``db.transaction()`` (or ``db.writer()``) everything
     runs on the writer.
+
+    Every call (``get``, ``scalar``, ``all``, ``run``, ``iterate``) can raise:
+
+    - ``apsw.BindingsError``: both positional and named values, the wrong number of
+      values, a missing named value, or names the statement does not use;
+    - ``TypeError``: a value SQLite cannot store (and no ``types`` map adapts it);
+      ``OverflowError``: an integer outside SQLite's 64 bits;
+    - ``appdb.ConversionError``: the database's ``types`` map failed on a value or a column;
+    - ``appdb.DuplicateColumnError``: dict rows, and two result columns share a name;
+    - ``appdb.DatabaseClosedError``: the database is closed;
+    - ``appdb.QueryTimeout``: the statement ran past a deadline or ``query_timeout``;
+    - ``apsw.Error``: SQLite's own error (``apsw.SQLError``, ``apsw.ConstraintError``,
+      ``apsw.BusyError``, ``apsw.ReadOnlyError`` on a ``readonly=True`` database...).
     """
 
     __slots__ = (
@@ -843,16 +856,7 @@ class Statement:
             The first row (a ``dict`` or a ``tuple``), or ``None``.
 
         Raises:
-            apsw.BindingsError: Both positional and named values, the wrong number of
-                values, a missing named value, or names the statement does not use.
-            TypeError: A value SQLite cannot store (and no ``types`` map adapts it).
-            OverflowError: An integer outside SQLite's 64 bits.
-            appdb.ConversionError: The database's ``types`` map failed on a value or
-                a column.
-            appdb.DatabaseClosedError: The database is closed.
-            appdb.QueryTimeout: The statement ran past a deadline or ``query_timeout``.
-            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.BusyError``...).
-            appdb.DuplicateColumnError: Dict rows, and two result columns share a name.
+            apsw.Error: Binding, SQLite and appdb errors: the list is on ``Statement``.
         """
         if named or (len(params) == 1 and type(params[0]) not in _SCALARS):
             return self._call(_GET, self._bindings(params, named))
@@ -869,15 +873,7 @@ class Statement:
             The value (converted by the ``types`` map, if any), or ``None``.
 
         Raises:
-            apsw.BindingsError: Both positional and named values, the wrong number of
-                values, a missing named value, or names the statement does not use.
-            TypeError: A value SQLite cannot store (and no ``types`` map adapts it).
-            OverflowError: An integer outside SQLite's 64 bits.
-            appdb.ConversionError: The database's ``types`` map failed on a value or
-                a column.
-            appdb.DatabaseClosedError: The database is closed.
-            appdb.QueryTimeout: The statement ran past a deadline or ``query_timeout``.
-            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.BusyError``...).
+            apsw.Error: Binding, SQLite and appdb errors: the list is on ``Statement``.
         """
         if named or (len(params) == 1 and type(params[0]) not in _SCALARS):
             return self._call(_SCALAR, self._bindings(params, named))
@@ -894,16 +890,7 @@ class Statement:
             The rows (``dict`` or ``tuple`` each); empty when there are none.
 
         Raises:
-            apsw.BindingsError: Both positional and named values, the wrong number of
-                values, a missing named value, or names the statement does not use.
-            TypeError: A value SQLite cannot store (and no ``types`` map adapts it).
-            OverflowError: An integer outside SQLite's 64 bits.
-            appdb.ConversionError: The database's ``types`` map failed on a value or
-                a column.
-            appdb.DatabaseClosedError: The database is closed.
-            appdb.QueryTimeout: The statement ran past a deadline or ``query_timeout``.
-            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.BusyError``...).
-            appdb.DuplicateColumnError: Dict rows, and two result columns share a name.
+            apsw.Error: Binding, SQLite and appdb errors: the list is on ``Statement``.
         """
         if named or (len(params) == 1 and type(params[0]) not in _SCALARS):
             return self._call(_ALL, self._bindings(params, named))  # type: ignore[no-any-return]
@@ -921,18 +908,7 @@ class Statement:
             and the connection's last inserted rowid.
 
         Raises:
-            apsw.BindingsError: Both positional and named values, the wrong number of
-                values, a missing named value, or names the statement does not use.
-            TypeError: A value SQLite cannot store (and no ``types`` map adapts it).
-            OverflowError: An integer outside SQLite's 64 bits.
-            appdb.ConversionError: The database's ``types`` map failed on a value or
-                a column.
-            appdb.DatabaseClosedError: The database is closed.
-            appdb.QueryTimeout: The statement ran past a deadline or ``query_timeout``.
-            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.BusyError``...).
-            apsw.ConstraintError: A ``UNIQUE``, ``NOT NULL``, ``CHECK`` or foreign-key
-                constraint failed.
-            apsw.ReadOnlyError: A write on a database opened ``readonly=True``.
+            apsw.Error: Binding, SQLite and appdb errors: the list is on ``Statement``.
         """
         if named or (len(params) == 1 and type(params[0]) not in _SCALARS):
             return self._call(_RUN, self._bindings(params, named))  # type: ignore[no-any-return]
@@ -954,16 +930,7 @@ class Statement:
             rows are raised by ``next()``.
 
         Raises:
-            apsw.BindingsError: Both positional and named values, the wrong number of
-                values, a missing named value, or names the statement does not use.
-            TypeError: A value SQLite cannot store (and no ``types`` map adapts it).
-            OverflowError: An integer outside SQLite's 64 bits.
-            appdb.ConversionError: The database's ``types`` map failed on a value or
-                a column.
-            appdb.DatabaseClosedError: The database is closed.
-            appdb.QueryTimeout: The statement ran past a deadline or ``query_timeout``.
-            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.BusyError``...).
-            appdb.DuplicateColumnError: Dict rows, and two result columns share a name.
+            apsw.Error: Binding, SQLite and appdb errors: the list is on ``Statement``.
         """
         bindings = self._bindings(params, named)
         core = self._core

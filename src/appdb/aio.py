@@ -499,6 +499,12 @@ class AsyncStatement:
     bound and rows are shaped as in the sync [`Statement`][appdb.Statement]
     (``.sync``): dicts keyed by column name, or tuples (``row_type="tuple"``).
     Short reads run on the event loop under a step budget, others in a worker thread.
+
+    Every call (``get``, ``scalar``, ``all``, ``run``) can raise the sync statement's
+    errors (``apsw.BindingsError``, ``appdb.QueryTimeout``, ``apsw.Error``... see
+    [`Statement`][appdb.Statement]), ``appdb.DatabaseClosedError`` once the database
+    is closed or closing, and ``asyncio.CancelledError`` when its task is cancelled
+    (a running statement is interrupted).
     """
 
     __slots__ = (
@@ -571,11 +577,7 @@ class AsyncStatement:
             The first row (a ``dict`` or a ``tuple``), or ``None``.
 
         Raises:
-            apsw.BindingsError: Wrong, missing or unused values (as in the sync API).
-            appdb.DatabaseClosedError: The database is closed or closing.
-            appdb.QueryTimeout: The statement ran past ``db.deadline()`` or ``query_timeout``.
-            asyncio.CancelledError: The task was cancelled; a running statement is interrupted.
-            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.ConstraintError``...).
+            apsw.Error: Binding, SQLite and appdb errors: the list is on ``AsyncStatement``.
         """
         result = self._try(self._get, params, named)
         if type(result) is _Route:
@@ -593,11 +595,7 @@ class AsyncStatement:
             The value, or ``None``.
 
         Raises:
-            apsw.BindingsError: Wrong, missing or unused values (as in the sync API).
-            appdb.DatabaseClosedError: The database is closed or closing.
-            appdb.QueryTimeout: The statement ran past ``db.deadline()`` or ``query_timeout``.
-            asyncio.CancelledError: The task was cancelled; a running statement is interrupted.
-            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.ConstraintError``...).
+            apsw.Error: Binding, SQLite and appdb errors: the list is on ``AsyncStatement``.
         """
         result = self._try(self._scalar, params, named)
         if type(result) is _Route:
@@ -615,11 +613,7 @@ class AsyncStatement:
             The rows; empty when there are none.
 
         Raises:
-            apsw.BindingsError: Wrong, missing or unused values (as in the sync API).
-            appdb.DatabaseClosedError: The database is closed or closing.
-            appdb.QueryTimeout: The statement ran past ``db.deadline()`` or ``query_timeout``.
-            asyncio.CancelledError: The task was cancelled; a running statement is interrupted.
-            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.ConstraintError``...).
+            apsw.Error: Binding, SQLite and appdb errors: the list is on ``AsyncStatement``.
         """
         result = self._try(self._all, params, named)
         if type(result) is _Route:
@@ -637,11 +631,7 @@ class AsyncStatement:
             ``RunResult(changes, last_insert_rowid)``.
 
         Raises:
-            apsw.BindingsError: Wrong, missing or unused values (as in the sync API).
-            appdb.DatabaseClosedError: The database is closed or closing.
-            appdb.QueryTimeout: The statement ran past ``db.deadline()`` or ``query_timeout``.
-            asyncio.CancelledError: The task was cancelled; a running statement is interrupted.
-            apsw.Error: SQLite's own error (``apsw.SQLError``, ``apsw.ConstraintError``...).
+            apsw.Error: Binding, SQLite and appdb errors: the list is on ``AsyncStatement``.
         """
         result = self._try(self._run, params, named)
         if type(result) is _Route:
