@@ -6,7 +6,7 @@ import asyncio
 import gc
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -282,6 +282,47 @@ def test_cancellation_interrupts_the_running_query(impl: ModuleType, db_path: Pa
             update = db.prepare("UPDATE t SET name = 'free' WHERE id = 1")
             assert (await asyncio.wait_for(update.run(), 5)).changes == 1
             assert await db.prepare("SELECT score FROM t WHERE id = 1").scalar() == 0.5
+
+    run(main)
+
+
+def test_cancellation_and_deadlines_interrupt_scripts_and_batches(impl: ModuleType, db_path: Path) -> None:
+    endless_insert = f"INSERT INTO t (name) SELECT 'x' || x FROM ({INFINITE.replace('count(*)', 'x')})"
+
+    def items_for(seconds: float) -> Iterator[tuple[str]]:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            yield ("lost",)
+
+    async def cancelled(awaitable: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(awaitable)
+        await asyncio.sleep(0.1)  # running on the writer thread by now
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    async def main() -> None:
+        async with await open_db(db_path) as db:
+            insert = db.prepare("INSERT INTO t (name) VALUES (?)")
+            await cancelled(db.exec(f"INSERT INTO t (name) VALUES ('kept'); {endless_insert}"))
+            await cancelled(insert.run_many(items_for(10)))  # long past the test's patience
+            await cancelled(db.prepare(endless_insert).run_many([()]))
+            async with db.deadline(0.05):
+                with pytest.raises(appdb.QueryTimeout):
+                    await db.exec(INFINITE)
+                with pytest.raises(appdb.QueryTimeout):
+                    await db.prepare(endless_insert).run_many([()])
+            # the writer thread is free again at once, and only the script's first insert stayed
+            count = db.prepare("SELECT count(*) FROM t")
+            assert (await asyncio.wait_for(insert.run_many([("after",)]), 5)).changes == 1
+            assert await count.scalar() == ROWS + 2
+        async with await appdb.aio.init_database(db_path, query_timeout=0.05) as db:
+            with pytest.raises(appdb.QueryTimeout):
+                await db.exec(endless_insert)
+            with pytest.raises(appdb.QueryTimeout):
+                await db.prepare(endless_insert).run_many([()])
+            assert await db.prepare("SELECT count(*) FROM t").scalar() == ROWS + 2
 
     run(main)
 

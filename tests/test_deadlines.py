@@ -50,6 +50,13 @@ def timed_out(fn: Callable[[], Any]) -> appdb.QueryTimeout:
     return caught.value
 
 
+def items_for(seconds: float) -> Iterator[tuple[str]]:
+    """``run_many`` items that keep coming for ``seconds`` (so that a missed deadline fails, not hangs)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        yield ("x",)
+
+
 def timed_out_here(fn: Callable[[], Any]) -> appdb.QueryTimeout:
     """Like ``timed_out`` but in this thread (for calls that cannot hang)."""
     with pytest.raises(appdb.QueryTimeout) as caught:
@@ -457,6 +464,97 @@ def test_timeouts_in_many_threads_leave_every_connection_usable(impl: ModuleType
         assert results == [20000, 20000]
         assert db.transaction(lambda d: d.prepare(LONG).scalar()) == 20000
         db.checkpoint("truncate")
+
+
+# -- scripts and batches ---------------------------------------------------------------------
+def test_exec_scripts_time_out(tdb: appdb.AppDatabase) -> None:
+    def endless_script() -> None:
+        with tdb.deadline(SHORT):
+            tdb.exec(ENDLESS)
+
+    error = timed_out(endless_script)
+    assert ENDLESS in str(error) and f"{SHORT:g} s" in str(error)
+
+    def committed_then_endless() -> None:
+        with tdb.deadline(SHORT):  # statements before the one that timed out stay committed
+            tdb.exec(f"INSERT INTO t (name) VALUES ('kept'); {ENDLESS_INSERT}")
+
+    timed_out(committed_then_endless)
+
+    def own_transaction() -> None:
+        with tdb.deadline(SHORT):  # a transaction the script opened is rolled back
+            tdb.exec(f"BEGIN; INSERT INTO t (name) VALUES ('lost'); {ENDLESS}; COMMIT")
+
+    timed_out(own_transaction)
+    assert not tdb.in_transaction
+    assert [r["name"] for r in tdb.prepare("SELECT name FROM t ORDER BY id").all()] == ["a", "b", "c", "kept"]
+    tdb.exec("INSERT INTO t (name) VALUES ('after')")  # the writer keeps working, unbounded
+    tdb.exec(LONG)
+    assert tdb.prepare("SELECT count(*) FROM t").scalar() == 5
+    assert open_snapshots(tdb) == 0
+
+
+def test_exec_timeout_inside_a_transaction_loses_the_whole_transaction(tdb: appdb.AppDatabase) -> None:
+    def run() -> None:
+        with tdb.transaction():
+            tdb.prepare("INSERT INTO t (name) VALUES ('lost')").run()
+            with tdb.deadline(SHORT):
+                tdb.exec(ENDLESS)
+
+    timed_out(run)
+    assert not tdb.in_transaction
+    assert tdb.prepare("SELECT count(*) FROM t").scalar() == 3
+
+
+def test_exec_starting_after_its_deadline_fails_at_once(tdb: appdb.AppDatabase) -> None:
+    with tdb.deadline(SHORT):
+        time.sleep(SHORT * 1.5)
+        timed_out_here(lambda: tdb.exec("INSERT INTO t (name) VALUES ('late')"))
+    assert tdb.prepare("SELECT count(*) FROM t").scalar() == 3
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["autocommit", "in_transaction"])
+def test_run_many_batches_time_out_and_write_nothing(tdb: appdb.AppDatabase, in_transaction: bool) -> None:
+    insert = tdb.prepare("INSERT INTO t (name) VALUES (?)")
+    endless_items = items_for(HANG)  # each item is quick; the batch outlasts any deadline here
+    endless_insert = tdb.prepare(ENDLESS_INSERT)
+
+    def batch(statement: Any, items: Any) -> Callable[[], None]:
+        def run() -> None:
+            if in_transaction:
+                with tdb.transaction():
+                    insert.run("lost with its transaction")
+                    with tdb.deadline(SHORT):
+                        statement.run_many(items)
+            else:
+                with tdb.deadline(SHORT):
+                    statement.run_many(items)
+
+        return run
+
+    error = timed_out(batch(insert, endless_items))
+    assert "INSERT INTO t (name) VALUES (?)" in str(error)
+    timed_out(batch(endless_insert, [(), ()]))  # its first item never ends
+    assert not tdb.in_transaction
+    assert tdb.prepare("SELECT count(*) FROM t").scalar() == 3
+    assert insert.run_many([("d",), ("e",)]).changes == 2  # the writer keeps working, unbounded
+    assert tdb.prepare("SELECT count(*) FROM t").scalar() == 5
+    assert tdb.prepare("PRAGMA integrity_check").scalar() == "ok"
+
+
+def test_query_timeout_bounds_scripts_and_batches(impl: ModuleType, db_path: Path) -> None:
+    with appdb.init_database(db_path, readers=1, query_timeout=ROOMY) as db:
+        db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+        timed_out(lambda: db.exec(ENDLESS))
+        insert = db.prepare("INSERT INTO t (name) VALUES (?)")
+        timed_out(lambda: insert.run_many(items_for(HANG)))
+        assert db.prepare("SELECT count(*) FROM t").scalar() == 0
+        # per script and per batch: quick ones keep running past it
+        for _ in range(3):
+            time.sleep(ROOMY * 0.6)
+            db.exec("INSERT INTO t (name) VALUES ('a')")
+            insert.run_many([("b",)])
+        assert db.prepare("SELECT count(*) FROM t").scalar() == 6
 
 
 def test_writer_runs_scripts_after_a_timeout(tdb: appdb.AppDatabase) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import apsw
 
+from . import _limits
 from ._sqlinfo import binding_error, describe
 from ._types import RunResult
 from .errors import ConversionError
@@ -77,22 +78,33 @@ def run_many(core: Any, statement: Any, items: Any) -> RunResult:
     ``items`` is the twin's checked item iterator: it counts the items (``index``) and
     keeps the one being bound (``item``), so that an error can name it.
     """
+    # One deadline for the whole batch, as for one statement (the commit is not bounded:
+    # it only writes what already ran).
+    token = _limits.start(core, True) if core.limits_active else None
     connection = core.acquire_writer()
     try:
         begin, commit, undo = batch_sql(connection, core.begin_sql)
-        connection.execute(begin)
-        before = connection.total_changes()
+        if token is not None:
+            token.arm(connection)  # raises QueryTimeout once the deadline has passed
         try:
+            connection.execute(begin)
+            before = connection.total_changes()
             statement._execute_many(connection, items)
             result = RunResult(connection.total_changes() - before, connection.last_insert_rowid())
         except BaseException as exc:
             _undo(connection, undo)
             if statement.changes_schema:
                 core.schema_changed()  # what was undone may have changed the schema
+            error = token.translate(exc, statement.sql) if token is not None else None
+            if error is not None:  # a timeout ends the transaction it was part of
+                raise error from None
             error = item_error(exc, items, connection, statement.sql)
             if error is None:
                 raise
             raise error.with_traceback(exc.__traceback__) from exc.__cause__
+        finally:
+            if token is not None:
+                token.disarm(connection)
         try:
             connection.execute(commit)
         except BaseException:

@@ -999,6 +999,8 @@ class Statement:
             appdb.DatabaseClosedError: The database is closed.
             apsw.ConstraintError: An item broke a constraint; nothing of the batch
                 was kept.
+            appdb.QueryTimeout: The batch ran past a deadline or ``query_timeout``
+                (one bound for the whole batch); nothing of it was kept.
             apsw.Error: SQLite's own error (``apsw.BusyError``, ``apsw.SQLError``...).
         """
         return _batch.run_many(self._core, self, _CheckedMany(self, seq_of_params))

@@ -105,8 +105,9 @@ def init_database(
         readers: Size of the pool of read connections beside the writer (``None``:
             [`default_readers()`][appdb.default_readers]; ``0``: the writer runs
             everything). ``":memory:"`` databases always use ``0``.
-        query_timeout: Seconds any one statement may run before it is interrupted
-            with [`QueryTimeout`][appdb.QueryTimeout] (``None``: no limit).
+        query_timeout: Seconds any one statement (or ``run_many`` batch, or ``exec``
+            script) may run before it is interrupted with
+            [`QueryTimeout`][appdb.QueryTimeout] (``None``: no limit).
         on_connect: Called with every ``apsw.Connection`` appdb opens (the writer and
             each reader): register functions and collations there.
         types: A [`TypeMap`][appdb.types.TypeMap] (for example

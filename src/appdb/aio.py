@@ -1013,7 +1013,7 @@ async def init_database(
         vfs: The name of a registered SQLite VFS.
         readers: Size of the reader pool (``None``: ``default_readers()``), and of
             the pool of threads that run reads.
-        query_timeout: Seconds any one statement may run.
+        query_timeout: Seconds any one statement, batch or script may run.
         on_connect: Called with every ``apsw.Connection`` appdb opens.
         types: A [`TypeMap`][appdb.types.TypeMap] for everyday Python values.
         checkpoints: ``"auto"``, ``"external"`` or ``None`` (follow the record).

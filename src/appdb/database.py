@@ -299,12 +299,18 @@ class AppDatabase:
         Raises:
             TypeError: ``sql`` is not a ``str``.
             appdb.DatabaseClosedError: The database is closed.
+            appdb.QueryTimeout: The script ran past a deadline or ``query_timeout``
+                (one bound for the whole script); its own transaction, or the one it
+                ran in, is rolled back.
             apsw.Error: The error of the failing statement (``apsw.SQLError``,
                 ``apsw.ConstraintError``, ``apsw.BusyError``...).
         """
         if not isinstance(sql, str):
             raise TypeError(f"exec() takes SQL text (str), not {type(sql).__name__}")
         core = self._core
+        # One deadline for the whole script, as for one statement: the handler stays
+        # installed from its first statement to its last.
+        token = _limits.start(core, True) if core.limits_active else None
         with self.writer() as connection:
             outermost = core.lock.depth() == 1
             was_in_transaction = connection.in_transaction
@@ -312,18 +318,26 @@ class AppDatabase:
             cursor = connection.cursor()
             try:
                 try:
+                    if token is not None:
+                        token.arm(connection)  # raises QueryTimeout once the deadline has passed
                     for _ in cursor.execute(sql):
                         pass  # later statements run only as the cursor is read on
                 finally:
+                    if token is not None:
+                        token.disarm(connection)
                     cursor.close(True)
                     if _schema_version(connection) != schema:
                         core.schema_changed()  # statements re-read their columns
-            except BaseException:
+            except BaseException as exc:
                 if not was_in_transaction and connection.in_transaction:
                     try:
                         connection.execute("ROLLBACK")
-                    except apsw.Error as exc:  # keep the script's own error
-                        logger.debug("rolling back after a failed exec() script failed: %s", exc)
+                    except apsw.Error as undo_error:  # keep the script's own error
+                        logger.debug("rolling back after a failed exec() script failed: %s", undo_error)
+                # A timeout ends the transaction it was part of, the caller's too.
+                error = token.translate(exc, sql) if token is not None else None
+                if error is not None:
+                    raise error from None
                 raise
             finally:
                 if outermost:
