@@ -338,6 +338,8 @@ SCENARIOS = (
     ("point-1", "point reads/s, 1 thread", 1, False, "point"),
     ("point-4", "point reads/s, 4 threads", 4, False, "point"),
     ("point-4w", "point reads/s, 4 threads + writer", 4, True, "point"),
+    # More threads than appdb has readers (default_readers() is 4 to 8): a server's thread pool.
+    ("point-16", "point reads/s, 16 threads", 16, False, "point"),
     ("heavy-1", "heavy aggregate/s, 1 thread", 1, False, "heavy"),
     ("heavy-2", "heavy aggregate/s, 2 threads", 2, False, "heavy"),
     ("async-64", f"point reads/s, {TASKS} asyncio tasks", 0, False, "async"),
@@ -1047,6 +1049,13 @@ TARGETS: tuple[Target, ...] = (
         "x",
         _ratio_target("point-4w", "appdb", "point-4w", "sqlite3-dict"),
     ),
+    Target(  # not one of issue 9's: threads outnumbering readers once made every read a switch
+        "appdb point reads, 16 threads vs raw APSW 16 threads: at least",
+        0.9,
+        False,
+        "x",
+        _ratio_target("point-16", "appdb", "point-16", "apsw"),
+    ),
     Target(
         "appdb heavy aggregate, 2 threads vs 1 thread: at least",
         1.6,
@@ -1083,7 +1092,7 @@ def _rate_cell(cell: Cell | None, reason: str | None) -> str:
 def _rows(results: ConcurrencyResults, keys: tuple[str, ...]) -> list[tuple[str, list[str]]]:
     """(label, cells) rows of the table for ``keys``' columns."""
     rows: list[tuple[str, list[str]]] = []
-    scaling = {"point-4": "point-1", "heavy-2": "heavy-1"}
+    scaling = {"point-4": "point-1", "point-16": "point-1", "heavy-2": "heavy-1"}
     for scenario, title, _threads, writer, work in SCENARIOS:
         if (work == "async") != (keys == ASYNC_KEYS):
             continue

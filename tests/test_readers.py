@@ -304,6 +304,71 @@ def test_a_waiting_reader_is_not_starved(impl: ModuleType, db_path: Path) -> Non
         join_all(hogs, hog_errors)
 
 
+def test_short_reads_never_wait_for_a_reader_that_long_reads_hold(impl: ModuleType, db_path: Path) -> None:
+    """Short reads take turns on one reader; when long reads hold every reader, one more opens.
+
+    Waiting for a reader instead, with readers handed over in turn, made every short
+    read a thread switch once the threads outnumbered the readers.
+    """
+    with open_db(db_path, readers=1) as db:
+        db.exec("CREATE TABLE t (x); INSERT INTO t VALUES (1), (2), (3)")
+        point = db.prepare("SELECT x, role() AS role FROM t WHERE rowid = ?")
+        scan = db.prepare("SELECT x FROM t ORDER BY x")
+        rows = scan.iterate()
+        assert next(rows) == {"x": 1}  # this thread holds the only reader
+        assert db.pool_status().busy == 1
+        # another thread's short read runs at once, on one more reader
+        assert in_thread(lambda: point.get(2), timeout=HANG, hung="waited for the reader") == {
+            "x": 2,
+            "role": "reader",
+        }
+        assert point.get(3) == {"x": 3, "role": "reader"}  # and this thread's, inside its loop
+        assert [row["x"] for row in rows] == [2, 3]
+        status = db.pool_status()
+        assert (status.open, status.busy, status.snapshots) == (2, 0, 0)
+
+
+def test_many_threads_on_a_small_pool(impl: ModuleType, db_path: Path) -> None:
+    """More threads than readers: short reads run one at a time on a reader, long reads beside them."""
+    state = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def gauge() -> int:
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.0005)
+        with lock:
+            state["now"] -= 1
+        return 1
+
+    def on_connect(connection: apsw.Connection) -> None:
+        label(connection)
+        connection.create_scalar_function("gauge", gauge, 0)
+
+    with open_db(db_path, readers=2, on_connect=on_connect) as db:
+        db.exec(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, x); "
+            "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 100) "
+            "INSERT INTO t (x) SELECT i * 2 FROM c"
+        )
+        short = db.prepare("SELECT gauge() AS g, role() AS role, x FROM t WHERE id = ?")
+        long = db.prepare("SELECT sum(x) AS total, role() AS role FROM t WHERE id <= ?")
+        assert short.get(1) == {"g": 1, "role": "reader", "x": 2}
+
+        def work(n: int) -> None:
+            for i in range(1, 101):
+                assert short.get(i) == {"g": 1, "role": "reader", "x": 2 * i}
+                if i % 10 == n:
+                    assert long.get(i) == {"total": i * (i + 1), "role": "reader"}
+
+        threads, errors = start_threads([lambda n=n: work(n) for n in range(8)])
+        join_all(threads, errors)
+        assert state["max"] == 1  # short reads took turns
+        status = db.pool_status()
+        assert status.open <= 3 and status.busy == 0 and status.snapshots == 0
+
+
 # -- routing -----------------------------------------------------------------------------
 def test_parallel_flag(ldb: appdb.AppDatabase) -> None:
     for sql in (

@@ -122,6 +122,7 @@ cdef object _monotonic = time.monotonic
 cdef object _limits_start = _limits.start
 cdef object _limits_nowait = _limits.nowait
 cdef object _checkout_slow = _pool.checkout_slow
+cdef object _checkout_at_once = _pool.checkout_at_once
 cdef object _discard = _pool.discard
 cdef object _hand_over = _pool.hand_over
 cdef object _close_readers = _pool.close_readers
@@ -682,6 +683,18 @@ cdef class DatabaseCore:
             slot.owner = PyThread_get_thread_ident()
             return slot
         return <Slot>_checkout_slow(self)
+
+    cdef inline Slot _checkout_at_once(self):
+        """``_checkout`` for a short read, which holds the lane: never waits (``_pool.checkout_at_once``)."""
+        cdef Slot slot
+        if self.closed:
+            raise _closed_error(self.path)
+        if self._nidle:
+            self._nidle -= 1
+            slot = <Slot>PyList_GET_ITEM(self._idle, self._nidle)
+            slot.owner = PyThread_get_thread_ident()
+            return slot
+        return <Slot>_checkout_at_once(self)
 
     def checkin(self, Slot slot):
         self._checkin(slot)
@@ -1453,20 +1466,24 @@ cdef class Statement:
         # microseconds): skipping the lookup is 10% of an inline appdb.aio read.
         limited = core.deadlines_active if short else core.limits_active
         token = _limits_start(core, False, short) if limited else None
-        slot = core._checkout()
-        # Short reads then take turns on the lane (see the README, "Threads and the
-        # reader pool"): threads waiting there sleep instead of fighting over the GIL.
-        # The reader comes first: a thread holding the lane never waits for a reader,
-        # so a thread that holds a reader (an open iterate()) and wants the lane
-        # cannot deadlock with it.
-        if short and not lane._try_acquire():
-            try:
+        if short:
+            # Short reads take turns on the lane, then on one reader (see the docs,
+            # "Transactions and threads"): threads waiting there sleep instead of
+            # fighting over the GIL, and the reader on top of the idle stack stays hot.
+            # The lane comes first, and its holder never waits for a reader (one more
+            # opens when long reads hold them all), so a thread that holds a reader
+            # (an open iterate()) and waits for the lane cannot deadlock with it.
+            if not lane._try_acquire():
                 if core.limits_active:
                     _limits_nowait(core)  # an event loop must not wait here
                 lane._acquire()
+            try:
+                slot = core._checkout_at_once()
             except BaseException:
-                core._checkin(slot)
+                lane._release()
                 raise
+        else:
+            slot = core._checkout()
         try:
             if self._epoch != core.epoch:
                 self._new_epoch()
@@ -1498,9 +1515,11 @@ cdef class Statement:
                 if token is not None:
                     token.disarm(connection)
         finally:
-            if short:
-                lane._release()
-            core._checkin(slot)
+            try:
+                core._checkin(slot)  # first: the next short read takes this reader again
+            finally:
+                if short:
+                    lane._release()
         result = self._call_writer(kind, bindings)  # a read has no side effects: run it again
         self._parallel = False  # it works there and not on a reader
         return result

@@ -737,28 +737,30 @@ class Statement:
         token = _limits.start(core, False, short) if limited else None
         if core.closed:
             raise _closed_error(core.path)
-        try:
-            slot = core._idle.pop()
-        except IndexError:
-            slot = _pool.checkout_slow(core)
-        else:
-            slot.owner = get_ident()
-        # Short reads then take turns on the lane (see the README, "Threads and the
-        # reader pool"): threads waiting there sleep instead of fighting over the GIL.
-        # The reader comes first: a thread holding the lane never waits for a reader,
-        # so a thread that holds a reader (an open iterate()) and wants the lane
-        # cannot deadlock with it.
+        # Short reads take turns on the lane, then on one reader (see the docs,
+        # "Transactions and threads"): threads waiting there sleep instead of fighting
+        # over the GIL, and the reader on top of the idle stack stays hot. The lane
+        # comes first, and its holder never waits for a reader (one more opens when
+        # long reads hold them all), so a thread that holds a reader (an open
+        # iterate()) and waits for the lane cannot deadlock with it.
         lane = core.lane if short else None
         if lane is not None:
             rlock = lane._rlock
             if not ((not lane._starving or rlock._is_owned()) and rlock.acquire(False)):
-                try:
-                    if core.limits_active:
-                        _limits.nowait(core)  # an event loop must not wait here
-                    lane._acquire_contended()
-                except BaseException:
-                    core.checkin(slot)
-                    raise
+                if core.limits_active:
+                    _limits.nowait(core)  # an event loop must not wait here
+                lane._acquire_contended()
+        try:
+            slot = core._idle.pop()
+        except IndexError:
+            try:
+                slot = _pool.checkout_slow(core) if lane is None else _pool.checkout_at_once(core)
+            except BaseException:
+                if lane is not None:
+                    lane._rlock.release()
+                raise
+        else:
+            slot.owner = get_ident()
         retry = False
         try:
             if self._epoch != core.epoch:
@@ -789,15 +791,17 @@ class Statement:
                 if token is not None:
                     token.disarm(connection)
         finally:
-            if lane is not None:
-                lane._rlock.release()
-            if core.waiters or core.closed:
-                core.checkin(slot)
-            else:
-                slot.owner = 0
-                core._idle.append(slot)
-                if core.closed:  # close() ran meanwhile and may have missed this one
-                    _pool.close_readers(core)
+            try:  # the reader first: the next short read takes it again
+                if core.waiters or core.closed:
+                    core.checkin(slot)
+                else:
+                    slot.owner = 0
+                    core._idle.append(slot)
+                    if core.closed:  # close() ran meanwhile and may have missed this one
+                        _pool.close_readers(core)
+            finally:
+                if lane is not None:
+                    lane._rlock.release()
         assert retry
         result = self._call_writer(kind, bindings)  # a read has no side effects: run it again
         self._parallel = False  # it works there and not on a reader
