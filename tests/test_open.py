@@ -73,6 +73,17 @@ def test_pragma_overrides_and_additions(impl: ModuleType, db_path: Path) -> None
         assert db.pragma("journal_mode") == "wal"
 
 
+def test_default_pragmas_cannot_be_changed_by_accident(impl: ModuleType, db_path: Path) -> None:
+    with pytest.raises(TypeError):
+        appdb.DEFAULT_PRAGMAS["busy_timeout"] = 1  # type: ignore[index]
+    mine = dict(appdb.DEFAULT_PRAGMAS)
+    mine["busy_timeout"] = 1  # a copy changes nothing else
+    with appdb.init_database(db_path, pragmas=mine) as db:
+        assert db.pragma("busy_timeout") == 1
+    with appdb.init_database(db_path) as db:
+        assert db.pragma("busy_timeout") == 5000
+
+
 @pytest.mark.parametrize(
     ("pragmas", "named"),
     [

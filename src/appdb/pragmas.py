@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from types import MappingProxyType
 
 import apsw
 
@@ -21,7 +22,7 @@ PragmaValue = int | str | bool
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 """Bytes the WAL file is truncated back to after a checkpoint (64 MiB)."""
 
-DEFAULT_PRAGMAS: dict[str, PragmaValue] = {
+DEFAULT_PRAGMAS: Mapping[str, PragmaValue] = MappingProxyType({
     "journal_mode": "WAL",
     "foreign_keys": "ON",
     "busy_timeout": 5000,
@@ -31,12 +32,13 @@ DEFAULT_PRAGMAS: dict[str, PragmaValue] = {
     "cache_size": -64000,
     "journal_size_limit": JOURNAL_SIZE_LIMIT,
     "trusted_schema": "OFF",
-}
+})
 """The pragmas of every connection appdb opens, applied in this order.
 
 ``init_database(pragmas=...)`` adds to them or overrides them (see
 [`validate_pragmas`][appdb.pragmas.validate_pragmas]); ``journal_mode`` is skipped on
-read-only opens. A read-only mapping in spirit: copy it before changing it.
+read-only opens. A read-only mapping (changing it would change every later open):
+``dict(DEFAULT_PRAGMAS)`` gives a copy to change.
 """
 
 #: Pragmas that write to the database file and are skipped on read-only opens.

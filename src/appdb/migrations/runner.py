@@ -214,8 +214,10 @@ class MigrationRunner:
                             applied.version, applied.name, applied.applied_at, migration.checksum
                         )
                     )
+        # INFO, not WARNING: the caller asked for it and gets the list back (a warning also
+        # reached the command line through logging's last-resort handler, printing each twice).
         for item in repaired:
-            logger.warning("re-recorded the checksum of migration %s (%s)", item.version, item.name)
+            logger.info("re-recorded the checksum of migration %s (%s)", item.version, item.name)
         return repaired
 
     def ledger_sources(self) -> list[str]:
