@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -323,6 +324,36 @@ def test_cancellation_and_deadlines_interrupt_scripts_and_batches(impl: ModuleTy
             with pytest.raises(appdb.QueryTimeout):
                 await db.prepare(endless_insert).run_many([()])
             assert await db.prepare("SELECT count(*) FROM t").scalar() == ROWS + 2
+
+    run(main)
+
+
+def test_inline_reads_never_open_a_connection_on_the_loop(impl: ModuleType, db_path: Path) -> None:
+    """When another thread holds every reader, an inline read moves to a thread rather than open one."""
+    opened_by: list[str] = []
+
+    def on_connect(connection: apsw.Connection) -> None:
+        opened_by.append(threading.current_thread().name)
+
+    async def main() -> None:
+        async with await open_db(db_path, readers=1, on_connect=on_connect) as db:
+            scan = db.sync.prepare("SELECT id FROM t ORDER BY id")
+            point = db.prepare("SELECT name FROM t WHERE id = ?")  # prepare waits for a reader
+            held: dict[str, Any] = {}
+
+            def hold_the_only_reader() -> None:
+                held["rows"] = scan.iterate()
+                assert next(held["rows"]) == {"id": 1}
+
+            thread = threading.Thread(target=hold_the_only_reader)
+            thread.start()
+            thread.join()
+            try:
+                before = len(opened_by)
+                assert await point.get(2) == {"name": "n2"}
+                assert threading.main_thread().name not in opened_by[before:]
+            finally:
+                held["rows"].close()
 
     run(main)
 

@@ -542,6 +542,25 @@ def test_run_many_batches_time_out_and_write_nothing(tdb: appdb.AppDatabase, in_
     assert tdb.prepare("PRAGMA integrity_check").scalar() == "ok"
 
 
+@pytest.mark.parametrize("call", ["run", "run_many"])
+def test_a_timeout_ending_a_transaction_begun_with_sql_frees_the_readers(
+    tdb: appdb.AppDatabase, call: str
+) -> None:
+    """While exec("BEGIN") holds a transaction every read goes to the writer; a timeout ends it."""
+    endless = tdb.prepare(ENDLESS_INSERT)
+    quick = tdb.prepare("SELECT count(*) FROM t")
+    tdb.exec("BEGIN")
+
+    def run() -> None:
+        with tdb.deadline(SHORT):
+            endless.run() if call == "run" else endless.run_many([()])
+
+    timed_out(run)
+    assert not tdb.in_transaction
+    with tdb.writer():  # this thread holds the writer: another thread's read must not wait for it
+        assert in_thread(quick.scalar, timeout=HANG, hung="the read waited for the writer") == 3
+
+
 def test_query_timeout_bounds_scripts_and_batches(impl: ModuleType, db_path: Path) -> None:
     with appdb.init_database(db_path, readers=1, query_timeout=ROOMY) as db:
         db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")

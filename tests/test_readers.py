@@ -369,6 +369,47 @@ def test_many_threads_on_a_small_pool(impl: ModuleType, db_path: Path) -> None:
         assert status.open <= 3 and status.busy == 0 and status.snapshots == 0
 
 
+def test_the_spare_reader_never_serves_long_reads(impl: ModuleType, db_path: Path) -> None:
+    """Long reads stay bounded by the pool's size; short reads open one spare beside it, once."""
+    state = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def slow() -> int:
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.005)
+        with lock:
+            state["now"] -= 1
+        return 1
+
+    def on_connect(connection: apsw.Connection) -> None:
+        connection.create_scalar_function("slow", slow, 0)
+
+    with appdb.init_database(db_path, readers=2, on_connect=on_connect) as db:
+        db.exec("CREATE TABLE t (id INTEGER PRIMARY KEY, x); INSERT INTO t (x) VALUES (1), (2), (3)")
+        short = db.prepare("SELECT x FROM t WHERE id = ?")
+        long = db.prepare("SELECT slow() AS s, count(*) AS n FROM t")
+        until = time.monotonic() + 0.5
+        shorts = [0]
+
+        def long_reads() -> None:
+            while time.monotonic() < until:
+                assert long.get() == {"s": 1, "n": 3}
+
+        def short_reads() -> None:
+            while time.monotonic() < until:
+                assert short.get(2) == {"x": 2}
+                shorts[0] += 1
+
+        threads, errors = start_threads([long_reads] * 8 + [short_reads])
+        join_all(threads, errors)
+        assert shorts[0] > 0
+        assert state["max"] == 2  # the pool's size, never more
+        status = db.pool_status()
+        assert (status.open, status.busy, status.snapshots) == (3, 0, 0)  # 2 readers and the spare
+
+
 # -- routing -----------------------------------------------------------------------------
 def test_parallel_flag(ldb: appdb.AppDatabase) -> None:
     for sql in (

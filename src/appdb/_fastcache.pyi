@@ -48,6 +48,7 @@ class Slot:
     connection: apsw.Connection
     index: int
     owner: int
+    spare: bool
     def __init__(self, connection: apsw.Connection, index: int) -> None: ...
     @property
     def native(self) -> bool:
@@ -65,6 +66,7 @@ class DatabaseCore:
     cond: threading.Condition
     waiters: int
     handed: list[Slot]
+    spares: list[Slot]
     opening: int
     epoch: int
     forks: int

@@ -123,6 +123,7 @@ cdef object _limits_start = _limits.start
 cdef object _limits_nowait = _limits.nowait
 cdef object _checkout_slow = _pool.checkout_slow
 cdef object _checkout_at_once = _pool.checkout_at_once
+cdef object _return_spare = _pool.return_spare
 cdef object _discard = _pool.discard
 cdef object _hand_over = _pool.hand_over
 cdef object _close_readers = _pool.close_readers
@@ -529,12 +530,14 @@ cdef class Slot:
     cdef public object connection
     cdef public Py_ssize_t index
     cdef public unsigned long owner
+    cdef public bint spare
     cdef _Native _native
 
     def __init__(self, connection, Py_ssize_t index):
         self.connection = connection
         self.index = index
         self.owner = 0  # the thread using a reader, 0 while it is in the pool
+        self.spare = False  # opened beyond the pool for short reads: kept in core.spares
         self._native = _native_for(connection, index)
 
     @property
@@ -561,6 +564,7 @@ cdef class DatabaseCore:
     cdef public object cond
     cdef public Py_ssize_t waiters
     cdef public list handed  # readers handed to waiting threads (fairness: no barging past them)
+    cdef public list spares  # idle readers opened beyond the pool, for short reads only
     cdef public Py_ssize_t opening
     cdef public long long epoch
     cdef public long long forks
@@ -608,6 +612,7 @@ cdef class DatabaseCore:
         self.cond = threading.Condition()
         self.waiters = 0
         self.handed = []
+        self.spares = []
         self.opening = 0
         self.epoch = 0
         self.forks = _forks
@@ -703,6 +708,9 @@ cdef class DatabaseCore:
         slot.owner = 0
         if self.closed or self.max_readers == 0:
             _discard(self, slot)
+            return 0
+        if slot.spare:  # never to long reads: they stay bounded by the pool's size
+            _return_spare(self, slot)
             return 0
         if self.waiters:  # threads wait for a reader: hand it to one of them
             _hand_over(self, slot)

@@ -141,12 +141,13 @@ class ConnectionLock:
 class Slot:
     """One connection of a database: the writer (index 0) or a reader of the pool."""
 
-    __slots__ = ("connection", "index", "owner")
+    __slots__ = ("connection", "index", "owner", "spare")
 
     def __init__(self, connection: apsw.Connection, index: int) -> None:
         self.connection = connection
         self.index = index
         self.owner = 0  # the thread using a reader, 0 while it is in the pool
+        self.spare = False  # opened beyond the pool for short reads: kept in core.spares
 
     @property
     def native(self) -> bool:
@@ -187,6 +188,7 @@ class DatabaseCore:
         "raw_transaction",
         "row_type",
         "slots",
+        "spares",
         "types",
         "waiters",
         "writer",
@@ -225,6 +227,7 @@ class DatabaseCore:
         self.cond = threading.Condition()
         self.waiters = 0
         self.handed: list[Slot] = []  # readers handed to waiting threads (no barging past them)
+        self.spares: list[Slot] = []  # idle readers opened beyond the pool, for short reads only
         self.opening = 0
         self.epoch = 0
         self.forks = _forks
@@ -298,6 +301,9 @@ class DatabaseCore:
         slot.owner = 0
         if self.closed or self.max_readers == 0:
             _pool.discard(self, slot)
+            return
+        if slot.spare:  # never to long reads: they stay bounded by the pool's size
+            _pool.return_spare(self, slot)
             return
         if self.waiters:  # threads wait for a reader: hand it to one of them
             _pool.hand_over(self, slot)
@@ -792,7 +798,7 @@ class Statement:
                     token.disarm(connection)
         finally:
             try:  # the reader first: the next short read takes it again
-                if core.waiters or core.closed:
+                if core.waiters or core.closed or slot.spare:
                     core.checkin(slot)
                 else:
                     slot.owner = 0

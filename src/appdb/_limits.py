@@ -96,11 +96,27 @@ def find(core: Any) -> Limit | None:
 class Token:
     """The limit of one call: armed on the connection the call runs on, then disarmed."""
 
-    __slots__ = ("budget", "budget_hit", "connection", "deadline", "limit", "seconds", "steps", "writer")
+    __slots__ = (
+        "budget",
+        "budget_hit",
+        "connection",
+        "core",
+        "deadline",
+        "limit",
+        "seconds",
+        "steps",
+        "writer",
+    )
 
     def __init__(
-        self, limit: Limit | None, deadline: float | None, seconds: float | None, writer: bool = False
+        self,
+        core: Any,
+        limit: Limit | None,
+        deadline: float | None,
+        seconds: float | None,
+        writer: bool = False,
     ) -> None:
+        self.core = core
         self.limit = limit
         self.writer = writer
         self.connection: apsw.Connection | None = None
@@ -171,11 +187,17 @@ class Token:
         that swallows the error gets ``TransactionError`` when it ends).
         """
         connection = self.connection
-        if self.writer and connection is not None and connection.in_transaction:
+        if not self.writer or connection is None:
+            return
+        if connection.in_transaction:
             try:
                 connection.execute("ROLLBACK")
             except apsw.Error:  # already gone: nothing left to undo
                 pass
+        # A transaction begun with SQL (exec("BEGIN")) sent every thread's reads to the
+        # writer; it is over now, whether SQLite or the ROLLBACK above ended it.
+        if not connection.in_transaction:
+            self.core.raw_transaction = False
 
 
 def nowait(core: Any) -> None:
@@ -212,4 +234,4 @@ def start(core: Any, writer: bool, short: bool = False) -> Token | None:
             seconds = timeout
     if short and (deadline is None or time.monotonic() < deadline):
         return None
-    return Token(limit, deadline, seconds, writer)
+    return Token(core, limit, deadline, seconds, writer)

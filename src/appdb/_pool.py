@@ -32,6 +32,7 @@ __all__ = [
     "current_schema_version",
     "discard",
     "hand_over",
+    "return_spare",
 ]
 
 
@@ -113,26 +114,44 @@ def checkout_slow(core: Any) -> Any:
 
 
 def checkout_at_once(core: Any) -> Any:
-    """A reader for a short read, which holds the lane, when none is idle: open one more.
+    """A reader for a short read, which holds the lane, when none is idle: a spare one.
 
     Never waits, so the lane's holder never waits for a reader that a thread
-    waiting for the lane holds (an open ``iterate()``). Short reads take turns on
-    the lane and each holds one reader at a time, so the pool grows by at most one
-    connection this way, and only while long reads hold every reader. Waiting here
-    instead, with the readers handed over in turn, made every call a thread switch:
-    8 threads on a pool of 4 read 23,000 rows/s, one thread alone 212,000.
+    waiting for the lane holds (an open ``iterate()``). Waiting here instead, with
+    the readers handed over in turn, made every call a thread switch: 8 threads on
+    a pool of 4 read 23,000 rows/s, one thread alone 212,000. A spare is opened
+    beyond the pool the first time long reads hold every reader, and kept apart for
+    short reads (``return_spare``): short reads take turns on the lane, so one spare
+    is enough (one more for each level of re-entry from a SQL function), and long
+    reads stay bounded by the pool's size. An ``appdb.aio`` inline read does not
+    open one on the event loop: it runs in a thread instead.
     """
     with core.cond:
         if core.closed:
             raise _closed(core)
         slot = core.idle_pop()  # readers handed over are for the threads that wait
+        if slot is None and core.spares:
+            slot = core.spares.pop()
         if slot is not None:
             slot.owner = threading.get_ident()
             return slot
+        limit = _limits.find(core)
+        if limit is not None and limit.nowait:
+            raise _limits.WouldBlock
         core.opening += 1
     slot = _open_reader(core)
+    slot.spare = True
     slot.owner = threading.get_ident()
     return slot
+
+
+def return_spare(core: Any, slot: Any) -> None:
+    """A spare reader came back: keep it for the next short read that finds no idle reader."""
+    with core.cond:
+        if core.closed:  # close() ran meanwhile and may have missed this one
+            discard(core, slot)
+        else:
+            core.spares.append(slot)
 
 
 def hand_over(core: Any, slot: Any) -> None:
@@ -164,8 +183,9 @@ def discard(core: Any, slot: Any) -> None:
 def close_readers(core: Any) -> None:
     """Close every idle reader; busy ones close as their calls return (``discard``)."""
     with core.cond:
-        idle = core.idle_take_all() + core.handed
+        idle = core.idle_take_all() + core.handed + core.spares
         core.handed = []
+        core.spares = []
         core.cond.notify_all()
     for slot in idle:
         discard(core, slot)
@@ -184,6 +204,7 @@ def after_fork(core: Any, lock: Any) -> None:
     core.cond = threading.Condition()
     core.waiters = 0
     core.handed = []
+    core.spares = []
     core.opening = 0
     core.raw_transaction = False
     if not memory:

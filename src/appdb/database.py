@@ -250,12 +250,14 @@ class AppDatabase:
             with core.cond:  # idle readers stay out of the pool while they are looked at
                 idle = core.idle_take_all()
                 try:
-                    snapshots += sum(1 for slot in idle if slot.connection.txn_state())
+                    spares = list(core.spares)  # taken and given back under cond: idle here
+                    snapshots += sum(1 for slot in idle + spares if slot.connection.txn_state())
                 finally:
                     for slot in idle:
                         core.idle_push(slot)
                     core.cond.notify_all()
                 opened = len(core.slots)
+                idle += spares
         return PoolStatus(int(core.max_readers), opened, opened - len(idle), snapshots)
 
     # -- statements ------------------------------------------------------------
