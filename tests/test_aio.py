@@ -338,7 +338,7 @@ def test_inline_reads_never_open_a_connection_on_the_loop(impl: ModuleType, db_p
     async def main() -> None:
         async with await open_db(db_path, readers=1, on_connect=on_connect) as db:
             scan = db.sync.prepare("SELECT id FROM t ORDER BY id")
-            point = db.prepare("SELECT name FROM t WHERE id = ?")  # prepare waits for a reader
+            point = db.prepare("SELECT name FROM t WHERE id = ?")  # before: prepare runs on the loop
             held: dict[str, Any] = {}
 
             def hold_the_only_reader() -> None:

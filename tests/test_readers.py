@@ -369,6 +369,49 @@ def test_many_threads_on_a_small_pool(impl: ModuleType, db_path: Path) -> None:
         assert status.open <= 3 and status.busy == 0 and status.snapshots == 0
 
 
+@pytest.mark.parametrize("readers", [1, 2])
+def test_short_reads_first_then_long_reads_on_a_small_pool(
+    impl: ModuleType, db_path: Path, readers: int
+) -> None:
+    """A short read on an empty pool opens a pool reader, not a spare that long reads could never use."""
+    with open_db(db_path, readers=readers) as db:
+        db.exec("CREATE TABLE t (x); INSERT INTO t VALUES (1), (2)")
+
+        def calls() -> Any:
+            return (
+                db.prepare("SELECT x FROM t WHERE rowid = ?").get(1),
+                db.prepare("SELECT count(*) FROM t").scalar(),
+                list(db.prepare("SELECT x FROM t ORDER BY x").iterate()),
+            )
+
+        assert in_thread(calls, timeout=HANG, hung="a long read waited for ever") == (
+            {"x": 1},
+            2,
+            [{"x": 1}, {"x": 2}],
+        )
+        assert db.pool_status().open == 1
+
+
+def test_prepare_never_waits_for_a_reader_that_long_reads_hold(impl: ModuleType, db_path: Path) -> None:
+    """Describing a new statement (prepare, columns) takes a reader as a short read does."""
+    with open_db(db_path, readers=1) as db:
+        db.exec("CREATE TABLE t (x); INSERT INTO t VALUES (1), (2)")
+        rows = db.prepare("SELECT x FROM t ORDER BY x").iterate()
+        assert next(rows) == {"x": 1}  # this thread holds the only reader
+
+        def prepare_and_run() -> Any:
+            statement = db.prepare("SELECT x * 10 AS y FROM t WHERE rowid = ?")  # short: no loop
+            return statement.columns, statement.get(2)
+
+        assert in_thread(prepare_and_run, timeout=HANG, hung="prepare waited for the reader") == (
+            ("y",),
+            {"y": 20},
+        )
+        assert list(rows) == [{"x": 2}]
+        status = db.pool_status()
+        assert (status.open, status.busy, status.snapshots) == (2, 0, 0)
+
+
 def test_the_spare_reader_never_serves_long_reads(impl: ModuleType, db_path: Path) -> None:
     """Long reads stay bounded by the pool's size; short reads open one spare beside it, once."""
     state = {"now": 0, "max": 0}

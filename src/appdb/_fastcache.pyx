@@ -968,14 +968,14 @@ cdef class Statement:
         if core.forks != _forks:
             core.check_fork()
         if core.routes_to_reader():
-            slot = core._checkout()
+            slot = _pool.checkout_short(core)  # never waits while long reads hold every reader
             try:
                 self._describe(slot.connection, True)
                 return 0
             except _SQLError:
                 pass
             finally:
-                core._checkin(slot)
+                _pool.checkin_short(core, slot)
             self._parallel = False
         connection = core.acquire_writer()
         try:

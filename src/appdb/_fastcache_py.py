@@ -522,14 +522,14 @@ class Statement:
         if core.forks != _forks:
             core.check_fork()
         if core.routes_to_reader():
-            slot = core.checkout()
+            slot = _pool.checkout_short(core)  # never waits while long reads hold every reader
             try:
                 self._describe(slot.connection, on_reader=True)
                 return
             except apsw.SQLError:
                 pass
             finally:
-                core.checkin(slot)
+                _pool.checkin_short(core, slot)
             self._parallel = False
         connection = core.acquire_writer()
         try:

@@ -26,7 +26,9 @@ from .errors import DatabaseClosedError
 
 __all__ = [
     "after_fork",
+    "checkin_short",
     "checkout_at_once",
+    "checkout_short",
     "checkout_slow",
     "close_readers",
     "current_schema_version",
@@ -43,11 +45,11 @@ def current_schema_version(core: Any) -> int:
     at, so that a column another connection added, dropped or renamed shows at once.
     """
     if core.routes_to_reader():
-        slot = core.checkout()
+        slot = checkout_short(core)
         try:
             return schema_version(slot.connection)
         finally:
-            core.checkin(slot)
+            checkin_short(core, slot)
     connection = core.acquire_writer()
     try:
         return schema_version(connection)
@@ -57,6 +59,11 @@ def current_schema_version(core: Any) -> int:
 
 def _closed(core: Any) -> DatabaseClosedError:
     return DatabaseClosedError(f"the database is closed: {core.path}")
+
+
+def _pool_readers(core: Any) -> int:
+    """Readers open in the pool proper (the spares kept for short reads not counted)."""
+    return sum(1 for slot in list(core.slots) if not slot.spare)
 
 
 def _holds_a_reader(core: Any, me: int) -> bool:
@@ -96,7 +103,7 @@ def checkout_slow(core: Any) -> Any:
             if slot is not None:
                 slot.owner = me
                 return slot
-            if len(core.slots) + core.opening < core.max_readers or _holds_a_reader(core, me):
+            if _pool_readers(core) + core.opening < core.max_readers or _holds_a_reader(core, me):
                 core.opening += 1
                 break
             limit = _limits.find(core)
@@ -114,13 +121,14 @@ def checkout_slow(core: Any) -> Any:
 
 
 def checkout_at_once(core: Any) -> Any:
-    """A reader for a short read, which holds the lane, when none is idle: a spare one.
+    """A reader for a short read, which holds the lane, when none is idle: a new one, or a spare.
 
     Never waits, so the lane's holder never waits for a reader that a thread
     waiting for the lane holds (an open ``iterate()``). Waiting here instead, with
     the readers handed over in turn, made every call a thread switch: 8 threads on
-    a pool of 4 read 23,000 rows/s, one thread alone 212,000. A spare is opened
-    beyond the pool the first time long reads hold every reader, and kept apart for
+    a pool of 4 read 23,000 rows/s, one thread alone 212,000. While the pool has
+    room, the new reader joins it. A spare is opened beyond the pool the first time
+    long reads hold every reader, and kept apart for
     short reads (``return_spare``): short reads take turns on the lane, so one spare
     is enough (one more for each level of re-entry from a SQL function), and long
     reads stay bounded by the pool's size. An ``appdb.aio`` inline read does not
@@ -135,14 +143,40 @@ def checkout_at_once(core: Any) -> Any:
         if slot is not None:
             slot.owner = threading.get_ident()
             return slot
-        limit = _limits.find(core)
-        if limit is not None and limit.nowait:
-            raise _limits.WouldBlock
+        spare = _pool_readers(core) + core.opening >= core.max_readers  # else the pool grows
+        if spare:
+            limit = _limits.find(core)
+            if limit is not None and limit.nowait:
+                raise _limits.WouldBlock
         core.opening += 1
     slot = _open_reader(core)
-    slot.spare = True
+    slot.spare = spare
     slot.owner = threading.get_ident()
     return slot
+
+
+def checkout_short(core: Any) -> Any:
+    """A reader for a moment's work off the hot path (describing a statement), as short reads get one.
+
+    Takes the lane, then a reader at once (``checkout_at_once``): never waits while
+    long reads hold every reader. ``checkin_short`` gives both back.
+    """
+    core.check_fork()  # in a child process: the parent's readers are never used
+    lane = core.lane
+    lane.acquire()
+    try:
+        return checkout_at_once(core)
+    except BaseException:
+        lane.release()
+        raise
+
+
+def checkin_short(core: Any, slot: Any) -> None:
+    """Give back a reader from ``checkout_short``, then the lane."""
+    try:
+        core.checkin(slot)
+    finally:
+        core.lane.release()
 
 
 def return_spare(core: Any, slot: Any) -> None:
