@@ -328,24 +328,27 @@ def test_cancellation_and_deadlines_interrupt_scripts_and_batches(impl: ModuleTy
     run(main)
 
 
-def test_inline_reads_never_open_a_connection_on_the_loop(impl: ModuleType, db_path: Path) -> None:
-    """When another thread holds every reader, an inline read moves to a thread rather than open one."""
+@pytest.mark.parametrize("readers", [1, 3])  # the pool full, and the pool with room
+def test_inline_reads_never_open_a_connection_on_the_loop(
+    impl: ModuleType, db_path: Path, readers: int
+) -> None:
+    """When no reader is idle, an inline read moves to a thread rather than open one on the loop."""
     opened_by: list[str] = []
 
     def on_connect(connection: apsw.Connection) -> None:
         opened_by.append(threading.current_thread().name)
 
     async def main() -> None:
-        async with await open_db(db_path, readers=1, on_connect=on_connect) as db:
+        async with await open_db(db_path, readers=readers, on_connect=on_connect) as db:
             scan = db.sync.prepare("SELECT id FROM t ORDER BY id")
             point = db.prepare("SELECT name FROM t WHERE id = ?")  # before: prepare runs on the loop
             held: dict[str, Any] = {}
 
-            def hold_the_only_reader() -> None:
+            def hold_the_open_reader() -> None:
                 held["rows"] = scan.iterate()
                 assert next(held["rows"]) == {"id": 1}
 
-            thread = threading.Thread(target=hold_the_only_reader)
+            thread = threading.Thread(target=hold_the_open_reader)
             thread.start()
             thread.join()
             try:

@@ -70,7 +70,7 @@ def _holds_a_reader(core: Any, me: int) -> bool:
     return any(slot.owner == me for slot in list(core.slots))
 
 
-def _open_reader(core: Any) -> Any:
+def _open_reader(core: Any, spare: bool = False) -> Any:
     """Open one more reader (the caller reserved it by counting ``core.opening``)."""
     try:
         connection = core.opener(True)
@@ -85,6 +85,7 @@ def _open_reader(core: Any) -> Any:
             connection.close(True)
             raise _closed(core)
         slot = core.new_slot(connection, len(core.slots) + 1)
+        slot.spare = spare  # before others can see it in core.slots
         core.slots.append(slot)
         return slot
 
@@ -143,14 +144,12 @@ def checkout_at_once(core: Any) -> Any:
         if slot is not None:
             slot.owner = threading.get_ident()
             return slot
+        limit = _limits.find(core)
+        if limit is not None and limit.nowait:  # an event loop: a thread opens it
+            raise _limits.WouldBlock
         spare = _pool_readers(core) + core.opening >= core.max_readers  # else the pool grows
-        if spare:
-            limit = _limits.find(core)
-            if limit is not None and limit.nowait:
-                raise _limits.WouldBlock
         core.opening += 1
-    slot = _open_reader(core)
-    slot.spare = spare
+    slot = _open_reader(core, spare)
     slot.owner = threading.get_ident()
     return slot
 
